@@ -1,0 +1,154 @@
+"""Pure parts, without a server: Basic Auth, the invocation body, the log store and the registry."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tinyfaas_std.auth import Authenticator, parse_basic_auth
+from tinyfaas_std.bodies import MAX_DEPTH, parse_invocation
+from tinyfaas_std.errors import BadRequest, FaasError, Unauthorized
+from tinyfaas_std.state import FunctionMeta, LogStore, Registry, encode_record
+from tinyfaas_std.venvs import parse_requirements
+
+
+def _basic(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+# -- Basic Auth (RFC 7617) -------------------------------------------------------------------------------------
+
+def test_basic_auth_parses_user_and_password_with_colons_and_utf8() -> None:
+    creds = parse_basic_auth(_basic("jürgen:pa:ss".encode()))
+    assert (creds.username, creds.password) == ("jürgen", "pa:ss")
+    assert parse_basic_auth("basic " + base64.b64encode(b"a:").decode()).password == ""
+
+
+@pytest.mark.parametrize("value", [None, "", "Basic", "Basic ", "Digest abc", "Basic %%%", _basic(b"nocolon"),
+                                   _basic(b"\xff:\xfe"), "Basic YQ", "Basic " + "A" * 3])
+def test_malformed_basic_auth_is_unauthorized(value: str | None) -> None:
+    with pytest.raises(Unauthorized):
+        parse_basic_auth(value)
+
+
+def test_authenticator_accepts_only_the_configured_pair() -> None:
+    auth = Authenticator("admin", "1234")
+    auth.check(_basic(b"admin:1234"))
+    auth.check("basic  " + base64.b64encode(b"admin:1234").decode())  # scheme is case-insensitive
+    for wrong in (_basic(b"admin:12345"), _basic(b"Admin:1234"), _basic(b"admin:123"), None):
+        with pytest.raises(Unauthorized):
+            auth.check(wrong)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.text(), st.binary().map(lambda b: "Basic " + base64.b64encode(b).decode())))
+def test_basic_auth_parser_raises_only_unauthorized(value: str | None) -> None:
+    try:
+        parse_basic_auth(value)
+    except Unauthorized:
+        pass
+
+
+# -- invocation bodies -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, args, kwargs", [
+    (b"", [], {}), (b"  \n", [], {}), (b"[1, 2]", [1, 2], {}), (b'{"args": [1]}', [1], {}),
+    (b'{"kwargs": {"a": null}}', [], {"a": None}), (b"{}", [], {}), (b'["\\ud800"]', ["\ud800"], {}),
+])
+def test_invocation_shapes(body: bytes, args: list, kwargs: dict) -> None:
+    call = parse_invocation(body)
+    assert call.args == args and call.kwargs == kwargs
+    assert json.loads(call.args_json) == args and call.args_json.isascii()  # lone surrogates stay escaped
+
+
+@pytest.mark.parametrize("body", [b"[NaN]", b"[Infinity]", b"[-Infinity]", b"[1" + b"0" * 2000 + b"]",
+                                  b"[" * (MAX_DEPTH + 2) + b"]" * (MAX_DEPTH + 2), b"[" * 100000,
+                                  b"\xc3\x28", b"null", b"1", b'{"args": {}}', b'{"kwargs": [1]}', b'{"x": 1}'])
+def test_invocation_rejects_with_400(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        parse_invocation(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_invocation_parser_raises_only_bad_request(body: bytes) -> None:
+    try:
+        call = parse_invocation(body)
+    except BadRequest:
+        return
+    assert isinstance(call.args, list) and isinstance(call.kwargs, dict)
+
+
+# -- requirements policy ---------------------------------------------------------------------------------------
+
+def test_requirements_keep_plain_lines_and_drop_comments() -> None:
+    text = "# top\ngreetlib==1.0  # pinned\nrequests[security] >=2.0, <3 ; python_version >= '3.8'\n\nnumpy\n"
+    assert parse_requirements(text) == ["greetlib==1.0", "requests[security] >=2.0, <3 ; python_version >= '3.8'",
+                                        "numpy"]
+
+
+@pytest.mark.parametrize("line", ["-r other.txt", "--extra-index-url x", "-e git+https://x/y", "./pkg", "/abs",
+                                  "file:///etc", "pkg @ https://x/y.whl", "https://x/y.whl", "C:\\pkg"])
+def test_requirements_reject_options_paths_and_urls(line: str) -> None:
+    with pytest.raises(FaasError) as info:
+        parse_requirements(line)
+    assert info.value.status == 422
+
+
+# -- the log store ---------------------------------------------------------------------------------------------
+
+def _record(i: int, status: str = "ok") -> bytes:
+    outcome = b'"result":%d,"stdout":"","stderr":""' % i if status == "ok" else b'"error":{},"stdout":"","stderr":""'
+    return encode_record(id=f"00000000-0000-4000-8000-{i:012d}", status=status, function="f", start=1.0, end=2.0,
+                         args_json=f"[{i}]", kwargs_json="{}", outcome=outcome)
+
+
+def test_log_store_appends_reads_newest_and_counts(tmp_path) -> None:
+    store = LogStore(tmp_path, retention=0)
+    for i in range(25):
+        store.append("f", _record(i, "ok" if i % 5 else "error"), is_error=not i % 5)
+    lines = store.read("f", limit=3)
+    assert [json.loads(x)["args"] for x in lines] == [[22], [23], [24]]
+    assert len(store.read("f")) == 25
+    assert store.counts("f") == (25, 5)
+    store.close()
+    assert LogStore(tmp_path, retention=0).counts("f") == (25, 5)  # recounted from the files
+
+
+def test_log_retention_drops_whole_old_segments_and_reads_exactly_the_newest(tmp_path) -> None:
+    store = LogStore(tmp_path, retention=10)
+    for i in range(103):
+        store.append("f", _record(i), is_error=False)
+    records = [json.loads(x) for x in store.read("f")]
+    assert [r["args"][0] for r in records] == list(range(93, 103))
+    assert len(list((tmp_path / "f").glob("*.jsonl"))) <= 6  # old segments deleted, not rewritten
+
+
+def test_a_torn_last_line_is_cut_and_appends_continue_cleanly(tmp_path) -> None:
+    store = LogStore(tmp_path, retention=0)
+    for i in range(3):
+        store.append("f", _record(i), is_error=False)
+    store.close()
+    segment = next((tmp_path / "f").glob("*.jsonl"))
+    with open(segment, "ab") as f:
+        f.write(_record(3)[:40])  # the server died in the middle of a write
+    store = LogStore(tmp_path, retention=0)
+    assert [json.loads(x)["args"][0] for x in store.read("f")] == [0, 1, 2]
+    store.append("f", _record(4), is_error=False)
+    assert [json.loads(x)["args"][0] for x in store.read("f")] == [0, 1, 2, 4]
+
+
+def test_registry_round_trips_and_writes_atomically(tmp_path) -> None:
+    path = tmp_path / "functions.json"
+    reg = Registry(path)
+    reg.put(FunctionMeta(name="b", created=1.0, updated=2.0, requirements=["x"], venv="k"))
+    reg.put(FunctionMeta(name="a", created=1.0, updated=1.0))
+    assert Registry(path).names() == ["a", "b"] and Registry(path).get("b").requirements == ["x"]
+    reg.remove("a")
+    assert Registry(path).names() == ["b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["functions.json"]  # no temporary file left behind
+    assert os.stat(path).st_size > 0

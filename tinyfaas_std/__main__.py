@@ -1,0 +1,70 @@
+"""`python -m tinyfaas_std`: read the settings, start the core and the HTTP server, stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from .config import DEFAULT_PASSWORD, parse_config
+from .faas import FunctionManager
+from .httpd import make_server
+from .status import Sampler
+
+log = logging.getLogger("tinyfaas_std")
+
+JANITOR_INTERVAL = 5.0  # seconds between sweeps for workers idle past --idle-timeout
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    manager = FunctionManager(config)
+    sampler = Sampler(manager.worker_pids)
+    server = make_server(config, manager, sampler)
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("received %s: finishing calls in flight (up to %gs), then stopping",
+                 signal.Signals(signum).name, config.grace)
+        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    host, port = server.server_address[:2]
+    print(f"tinyfaas_std serving on http://{host}:{port} ({len(manager.names())} functions)", flush=True)
+    if config.password == DEFAULT_PASSWORD and not _is_loopback(config.host):
+        log.warning("the default password is in use on a non-loopback address: set --password or "
+                    "TINYFAAS_PASSWORD")
+
+    def janitor() -> None:
+        while not stopping.wait(JANITOR_INTERVAL):
+            manager.reap_idle_workers()
+
+    threading.Thread(target=janitor, name="janitor", daemon=True).start()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        manager.close(config.grace)
+        sampler.stop()
+        server.server_close()
+        log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The worker: runs inside a function's own virtualenv interpreter, imports `func.py` once, serves many calls.
+
+Started by the server as `<venv>/bin/python -I _worker.py <fd> <func.py> <memory_mb>`, by path, so it must use the
+standard library only and import nothing from `tinyfaas_std`. It talks to the server over the socket `<fd>` (one
+end of a socketpair), never over stdout, so whatever the function prints cannot corrupt the channel.
+
+Frames, both ways: a 4-byte big-endian length, then the payload.
+- First, worker -> server, the hello: `o` if `func.py` imported and has a callable `main`, else `e` + a JSON
+  object `{"type", "message", "line", "traceback"}`.
+- Server -> worker, a call: the JSON text `[args, kwargs]`.
+- Worker -> server, its answer: `o` or `e`, a 4-byte length, then the result (or the error object) as JSON, then a
+  JSON object fragment without braces holding `stdout`, `stderr` and their `*_truncated` flags. The server splices
+  these bytes into its response and the log record without decoding them.
+What the call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each.
+"""
+
+import importlib.util
+import json
+import os
+import socket
+import struct
+import sys
+import traceback
+
+OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr kept per call; the rest is counted, not stored
+MAX_DEPTH = 64          # the same bound the server puts on arguments
+MAX_INT_DIGITS = 1000   # likewise
+
+_LEN = struct.Struct("!I")
+_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+class _Capture:
+    """A write-only text stream that keeps the first OUTPUT_CAP characters."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.kept = 0
+        self.truncated = False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        room = OUTPUT_CAP - self.kept
+        if len(text) > room:
+            self.truncated = True
+            text = text[:room]
+        if text:
+            self.parts.append(text)
+            self.kept += len(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def value(self) -> str:
+        return "".join(self.parts)
+
+
+def _check(value, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"the result is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check(item, depth + 1)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check(item, depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_DIGITS * 3.33:
+        raise ValueError(f"the result has an integer of more than {MAX_INT_DIGITS} digits")
+
+
+def _error(exc: BaseException, skip_frames: int = 1) -> dict:
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+
+
+def _send(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_LEN.pack(len(payload)) + payload)
+
+
+def _recv_exactly(rfile, n: int) -> bytes:
+    data = rfile.read(n)
+    if len(data) < n:
+        raise EOFError
+    return data
+
+
+def _load(path: str):
+    spec = importlib.util.spec_from_file_location("func", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["func"] = module
+    spec.loader.exec_module(module)
+    main = getattr(module, "main", None)
+    if not callable(main):
+        raise TypeError("func.py defines no callable main()")
+    return main
+
+
+def _call(main, request: bytes) -> bytes:
+    out, err = _Capture(), _Capture()
+    sys.stdout, sys.stderr = out, err
+    try:
+        args, kwargs = json.loads(request)
+        result = main(*args, **kwargs)
+        _check(result)
+        status, body = b"o", _encode(result)
+    except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
+        status, body = b"e", _encode(_error(exc))
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    extra = _encode({"stdout": out.value(), "stderr": err.value(),
+                     "stdout_truncated": out.truncated, "stderr_truncated": err.truncated})[1:-1]
+    body = body.encode()
+    return status + _LEN.pack(len(body)) + body + extra.encode()
+
+
+def main() -> None:
+    fd, path, memory_mb = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    sock = socket.socket(fileno=fd)
+    if memory_mb > 0:
+        import resource
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    sys.path.insert(0, os.path.dirname(path))
+    try:
+        fn = _load(path)
+    except BaseException as exc:
+        info = _error(exc, skip_frames=0)
+        line = getattr(exc, "lineno", None)
+        if line is None:
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+            line = frames[-1].lineno if frames else None
+        info["line"] = line
+        _send(sock, b"e" + _encode(info).encode())
+        return
+    _send(sock, b"o")
+    rfile = sock.makefile("rb")
+    while True:
+        try:
+            header = _recv_exactly(rfile, 4)
+            request = _recv_exactly(rfile, _LEN.unpack(header)[0])
+        except (EOFError, ConnectionError):
+            return  # the server closed the channel: stop quietly
+        _send(sock, _call(fn, request))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Settings: one frozen `Config` built from the command line, with every flag also read from `TINYFAAS_<FLAG>`.
+
+Precedence: a flag on the command line beats the environment, which beats the default. Nothing else in the
+package reads `os.environ` for settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Config", "parse_config", "DEFAULT_PASSWORD"]
+
+DEFAULT_USERNAME = "admin"
+DEFAULT_PASSWORD = "1234"  # the original design's default; the server warns when it guards a public address
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    functions_dir: Path = Path("functions")
+    data_dir: Path = Path("data")
+    username: str = DEFAULT_USERNAME
+    password: str = DEFAULT_PASSWORD
+    timeout: float = 30.0
+    log_retention: int = 10000
+    max_upload_mb: float = 16.0
+    max_body_mb: float = 6.0
+    client_timeout: float = 30.0
+    memory_mb: int = 512
+    max_workers: int = 4
+    max_queue: int = 64
+    idle_timeout: float = 300.0
+    pip_timeout: float = 300.0
+    grace: float = 10.0
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+# flag -> (type, help). The default comes from Config so it is written once.
+_FLAGS: dict[str, tuple[type, str]] = {
+    "host": (str, "address to listen on"),
+    "port": (int, "port to listen on (0 picks a free one)"),
+    "functions_dir": (Path, "where function code and virtualenvs live"),
+    "data_dir": (Path, "where the registry and logs live"),
+    "username": (str, "Basic Auth user name"),
+    "password": (str, "Basic Auth password"),
+    "timeout": (float, "seconds a call may run before its worker is killed (504)"),
+    "log_retention": (int, "newest log records kept per function (0 keeps all)"),
+    "max_upload_mb": (float, "largest upload body, MiB"),
+    "max_body_mb": (float, "largest invocation body, MiB"),
+    "client_timeout": (float, "seconds a connection may stall mid-request or idle between requests"),
+    "memory_mb": (int, "address-space limit of each worker process, MiB (0: none)"),
+    "max_workers": (int, "warm worker processes per function (concurrent calls)"),
+    "max_queue": (int, "calls that may wait for a busy function's worker before 429"),
+    "idle_timeout": (float, "seconds an idle worker is kept warm"),
+    "pip_timeout": (float, "seconds pip may take to install a function's requirements (422 past it)"),
+    "grace": (float, "seconds in-flight calls get to finish on SIGTERM"),
+}
+
+
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    defaults = Config()
+    parser = argparse.ArgumentParser(prog="python -m tinyfaas_std", description="A single-host FaaS server.")
+    for name, (kind, help_text) in _FLAGS.items():
+        env_name = "TINYFAAS_" + name.upper()
+        default = environ.get(env_name, getattr(defaults, name))
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
+                            help=f"{help_text} (env {env_name}; default %(default)s)")
+    ns = parser.parse_args(argv)
+    values = {}
+    for name, (kind, _) in _FLAGS.items():
+        raw = getattr(ns, name)
+        try:
+            values[name] = kind(raw)  # environment values arrive as strings
+        except ValueError:
+            parser.error(f"TINYFAAS_{name.upper()}: invalid {kind.__name__} value {raw!r}")
+    config = Config(**values)
+    for name in ("timeout", "client_timeout", "max_upload_mb", "max_body_mb"):
+        if getattr(config, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if config.max_workers < 1 or config.log_retention < 0 or config.max_queue < 0:
+        parser.error("--max-workers must be >= 1, --log-retention and --max-queue >= 0")
+    return config

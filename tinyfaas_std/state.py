@@ -1,0 +1,271 @@
+"""Persistence: the function registry and the per-function invocation logs.
+
+Strategy:
+- `Registry` owns `data/functions.json`. It keeps the registry in memory behind one lock and rewrites the file
+  atomically (temporary file, fsync, `os.replace`, fsync of the folder) on every change, so a crash at any moment
+  leaves the old or the new file, never a torn one. Changes are rare (upload, delete); calls never write it.
+- `LogStore` owns `data/logs/<name>/`: each record is one JSON line appended with a single `os.write` to the
+  newest segment file (`000000000001.jsonl`, ...). Segments hold a fixed number of records, so retention deletes
+  whole old segments instead of rewriting a log, and the cost of a call never grows with the history. Reads come
+  from the end of the newest segments. A torn last line (the server was killed mid-write) is cut off when the log
+  is first opened, and any line that does not parse is skipped on read.
+- Records are written by `encode_record` below and begin `{"id":"<uuid>","status":"...`; the store relies on that
+  fixed prefix to count errors without decoding every line.
+Both classes do file I/O only; they know nothing of HTTP or workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FunctionMeta", "Registry", "LogStore", "encode_record", "atomic_write"]
+
+_REGISTRY_VERSION = 1
+_TAIL_BLOCK = 64 * 1024       # bytes read per step when reading a log from its end
+_DEFAULT_SEGMENT = 10_000     # records per segment when retention keeps everything
+_STATUS_AT = len('{"id":"') + 36 + len('","status":"')  # where the status word starts in a record line
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionMeta:
+    name: str
+    created: float
+    updated: float
+    requirements: list[str] = field(default_factory=list)
+    venv: str = ""            # the key of the virtualenv the function runs in
+    code_sha256: str = ""
+    code_size: int = 0
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Registry:
+    """The deployed functions, in memory and in `functions.json`."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._functions: dict[str, FunctionMeta] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raw = json.loads(path.read_bytes())
+            self._functions = {name: FunctionMeta(**meta) for name, meta in raw["functions"].items()}
+
+    def get(self, name: str) -> FunctionMeta | None:
+        return self._functions.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._functions)
+
+    def all(self) -> list[FunctionMeta]:
+        with self._lock:
+            return list(self._functions.values())
+
+    def put(self, meta: FunctionMeta) -> None:
+        with self._lock:
+            self._functions[meta.name] = meta
+            self._save()
+
+    def remove(self, name: str) -> FunctionMeta | None:
+        with self._lock:
+            meta = self._functions.pop(name, None)
+            if meta is not None:
+                self._save()
+            return meta
+
+    def _save(self) -> None:
+        doc = {"version": _REGISTRY_VERSION,
+               "functions": {name: asdict(meta) for name, meta in sorted(self._functions.items())}}
+        atomic_write(self._path, json.dumps(doc, indent=1).encode())
+
+
+def encode_record(*, id: str, status: str, function: str, start: float, end: float, args_json: str,
+                  kwargs_json: str, outcome: bytes) -> bytes:
+    """One log line. `outcome` is a JSON object fragment without braces: `"result":...` or `"error":{...}`,
+    then `"stdout"`, `"stderr"` and their flags, already encoded by the worker (spliced, not re-encoded)."""
+    head = (f'{{"id":"{id}","status":"{status}","function":"{function}","start":{start:.6f},"end":{end:.6f},'
+            f'"duration":{end - start:.6f},"args":{args_json},"kwargs":{kwargs_json},')
+    return head.encode() + outcome + b"}\n"
+
+
+class _FunctionLog:
+    """The segments of one function's log. Guarded by its own lock; opened lazily."""
+
+    def __init__(self, folder: Path, retention: int) -> None:
+        self.folder = folder
+        self.retention = retention
+        self.per_segment = max(1, retention // 4) if retention else _DEFAULT_SEGMENT
+        self.lock = threading.Lock()
+        self.segments: list[list[int]] = []  # [seq, records, errors], oldest first
+        self.size = 0                         # bytes in the newest segment
+        self.fd = -1
+        self.closed = False
+        self._open()
+
+    def _path(self, seq: int) -> Path:
+        return self.folder / f"{seq:012d}.jsonl"
+
+    def _open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        seqs = sorted(int(p.stem) for p in self.folder.glob("*.jsonl") if p.stem.isdigit())
+        for seq in seqs:
+            data = self._path(seq).read_bytes()
+            if seq == seqs[-1] and data and not data.endswith(b"\n"):
+                data = data[: data.rfind(b"\n") + 1]  # cut a torn last line so appends start clean
+                os.truncate(self._path(seq), len(data))
+            lines = data.count(b"\n")
+            oks = data.count(b'"status":"ok"')  # cheap upper bound; exact count below only when it matters
+            if oks != lines:
+                oks = sum(1 for line in data.splitlines() if line[_STATUS_AT:_STATUS_AT + 3] == b'ok"')
+            self.segments.append([seq, lines, lines - oks])
+            self.size = len(data)
+        if not self.segments:
+            self.segments.append([1, 0, 0])
+            self.size = 0
+        self.fd = os.open(self._path(self.segments[-1][0]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, line: bytes, is_error: bool) -> None:
+        if self.closed:
+            return  # the function was deleted while this call ran; its log went with it
+        if self.segments[-1][1] >= self.per_segment:
+            self._roll()
+        os.write(self.fd, line)
+        newest = self.segments[-1]
+        newest[1] += 1
+        newest[2] += is_error
+        self.size += len(line)
+
+    def _roll(self) -> None:
+        os.close(self.fd)
+        seq = self.segments[-1][0] + 1
+        self.fd = os.open(self._path(seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.segments.append([seq, 0, 0])
+        self.size = 0
+        if self.retention:
+            while sum(s[1] for s in self.segments) - self.segments[0][1] >= self.retention:
+                os.unlink(self._path(self.segments.pop(0)[0]))
+
+    def tail(self, limit: int) -> list[bytes]:
+        """The newest `limit` complete lines, oldest first."""
+        lines: list[bytes] = []
+        for index in range(len(self.segments) - 1, -1, -1):
+            seq = self.segments[index][0]
+            size = self.size if index == len(self.segments) - 1 else None
+            lines[:0] = _tail_lines(self._path(seq), size, limit - len(lines))
+            if len(lines) >= limit:
+                break
+        return lines
+
+    def counts(self) -> tuple[int, int]:
+        records = sum(s[1] for s in self.segments)
+        errors = sum(s[2] for s in self.segments)
+        if self.retention and records > self.retention:
+            return self.retention, errors  # errors may include a few from the oldest, unreturned records
+        return records, errors
+
+    def close(self) -> None:
+        self.closed = True
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _tail_lines(path: Path, size: int | None, limit: int) -> list[bytes]:
+    if limit <= 0:
+        return []
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END) if size is None else size
+        chunks: list[bytes] = []
+        pos, newlines = end, 0
+        while pos > 0 and newlines <= limit:
+            step = min(_TAIL_BLOCK, pos)
+            pos -= step
+            f.seek(pos)
+            chunk = f.read(step)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+        buf = b"".join(reversed(chunks))
+    lines = buf.split(b"\n")
+    if pos > 0:
+        lines = lines[1:]  # the first piece may be the end of an older line
+    return [line for line in lines if line][-limit:]
+
+
+class LogStore:
+    """Every function's log; one `_FunctionLog` each, created on first use."""
+
+    def __init__(self, root: Path, retention: int) -> None:
+        self._root = root
+        self._retention = retention
+        self._lock = threading.Lock()
+        self._logs: dict[str, _FunctionLog] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _log(self, name: str) -> _FunctionLog:
+        log = self._logs.get(name)
+        if log is None:
+            with self._lock:
+                log = self._logs.get(name)
+                if log is None:
+                    log = self._logs[name] = _FunctionLog(self._root / name, self._retention)
+        return log
+
+    def append(self, name: str, line: bytes, is_error: bool) -> None:
+        log = self._log(name)
+        with log.lock:
+            log.append(line, is_error)
+
+    def read(self, name: str, limit: int | None = None) -> list[Any]:
+        """Records oldest first, as raw JSON lines that parse; a torn or foreign line is skipped."""
+        log = self._log(name)
+        cap = self._retention or None
+        wanted = min(x for x in (limit, cap) if x is not None) if (limit or cap) else None
+        with log.lock:
+            lines = log.tail(wanted if wanted is not None else 1 << 62)
+        return [line for line in lines if _parses(line)]
+
+    def counts(self, name: str) -> tuple[int, int]:
+        log = self._log(name)
+        with log.lock:
+            return log.counts()
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            log = self._logs.pop(name, None)
+        if log is not None:
+            with log.lock:
+                log.close()
+        shutil.rmtree(self._root / name, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            for log in self._logs.values():
+                with log.lock:
+                    log.close()
+            self._logs.clear()
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
