@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
+
+from fuzzing import fuzz
 
 from tinyfaas_std.errors import BadRequest, PayloadTooLarge
 from tinyfaas_std.multipart import (
@@ -364,7 +366,7 @@ _BODIES = st.one_of(st.binary(max_size=300),
                     st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=6)), max_size=40).map(b"".join))
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz(300)
 @given(body=_BODIES, content_type=_CONTENT_TYPES)
 def test_random_input_only_raises_multipart_error(body: bytes, content_type: str) -> None:
     try:
@@ -380,7 +382,7 @@ _SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_chara
 _BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? "
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz(300)
 @given(
     parts=st.lists(st.fixed_dictionaries({"name": _SAFE_TEXT, "data": st.binary(max_size=200)}, optional={
         "filename": _SAFE_TEXT, "content_type": st.sampled_from(["text/plain", "image/png; x=\"1\""])}), max_size=8),

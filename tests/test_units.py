@@ -7,7 +7,9 @@ import json
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+
+from fuzzing import fuzz
 
 from tinyfaas_std.auth import Authenticator, parse_basic_auth
 from tinyfaas_std.bodies import MAX_DEPTH, parse_invocation
@@ -44,9 +46,9 @@ def test_authenticator_accepts_only_the_configured_pair() -> None:
             auth.check(wrong)
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz(300)
 @given(st.one_of(st.none(), st.text(), st.binary().map(lambda b: "Basic " + base64.b64encode(b).decode())))
-def test_basic_auth_parser_raises_only_unauthorized(value: str | None) -> None:
+def test_fuzz_basic_auth_parser_raises_only_unauthorized(value: str | None) -> None:
     try:
         parse_basic_auth(value)
     except Unauthorized:
@@ -73,9 +75,9 @@ def test_invocation_rejects_with_400(body: bytes) -> None:
         parse_invocation(body)
 
 
-@settings(max_examples=500, deadline=None)
+@fuzz(500)
 @given(st.binary(max_size=200))
-def test_invocation_parser_raises_only_bad_request(body: bytes) -> None:
+def test_fuzz_invocation_parser_raises_only_bad_request(body: bytes) -> None:
     try:
         call = parse_invocation(body)
     except BadRequest:

@@ -1,0 +1,206 @@
+"""Broken and hostile functions and clients cost nothing: the server answers, loses nothing, keeps serving."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+from harness import AUTH, Server, raw_exchange
+
+
+def _alive_children(server: Server) -> list[psutil.Process]:
+    return [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_huge_allocation_fails_inside_the_worker_only(server: Server) -> None:
+    src = "def main(gb):\n    block = bytearray(gb * 1024 ** 3)\n    return len(block)\n"
+    assert server.upload("hog", src).status == 200
+    resp = server.call("hog", [64])
+    assert resp.status in (500, 502)
+    if resp.status == 500:
+        assert resp.json["error"]["type"] == "MemoryError"
+    assert psutil.Process(server.proc.pid).memory_info().rss < 200 * 1024 * 1024
+    assert server.call("hog", [0]).json["result"] == 0
+
+
+def test_printing_100_mb_is_capped_in_the_record_and_the_result_still_returns(server: Server) -> None:
+    src = "import sys\ndef main():\n    chunk = 'x' * (1024 * 1024)\n    for _ in range(100):\n" \
+          "        sys.stdout.write(chunk)\n    print('err', file=sys.stderr)\n    return 'done'\n"
+    assert server.upload("chatty", src).status == 200
+    resp = server.call("chatty")
+    assert resp.status == 200 and resp.json["result"] == "done"
+    record = server.request("GET", "/admin/logs/chatty?limit=1").json[0]
+    assert len(record["stdout"]) == 64 * 1024 and record["stdout_truncated"] is True
+    assert record["stderr"] == "err\n" and record["stderr_truncated"] is False
+    assert psutil.Process(server.proc.pid).memory_info().rss < 200 * 1024 * 1024
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_on_timeout(server: Server) -> None:
+    src = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
+          "def main(sleep):\n    time.sleep(sleep)\n    return 'ok'\n"
+    assert server.upload("stubborn", src).status == 200
+    assert server.call("stubborn", [0]).status == 200
+    pids_before = {p.pid for p in _alive_children(server)}
+    assert server.call("stubborn", [60]).status == 504
+    time.sleep(0.3)
+    stubborn_left = [p for p in _alive_children(server) if p.pid in pids_before and "stubborn" in " ".join(p.cmdline())]
+    assert stubborn_left == []
+    assert server.call("stubborn", [0]).json["result"] == "ok"
+
+
+def test_a_hanging_function_never_delays_another(server: Server) -> None:
+    assert server.upload("hangs", "import time\ndef main():\n    time.sleep(60)\n").status == 200
+    assert server.upload("quick", "def main():\n    return 'q'\n").status == 200
+    with ThreadPoolExecutor(8) as pool:
+        hanging = [pool.submit(server.call, "hangs") for _ in range(6)]  # more than its 4 workers
+        time.sleep(0.3)
+        start = time.monotonic()
+        for _ in range(20):
+            assert server.call("quick").json["result"] == "q"
+        assert time.monotonic() - start < 1.5  # 20 warm calls; a shared queue would wait the 2 s timeout
+        statuses = sorted(f.result().status for f in hanging)
+    assert 504 in statuses and set(statuses) <= {504, 429}
+
+
+def test_queue_beyond_the_workers_is_bounded_with_429(fresh_server_small_queue: Server) -> None:
+    server = fresh_server_small_queue
+    assert server.upload("narrow", "import time\ndef main():\n    time.sleep(1)\n    return 1\n").status == 200
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: server.call("narrow"), range(6)))
+    statuses = sorted(r.status for r in results)
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 2
+    rejected = next(r for r in results if r.status == 429)
+    assert rejected.headers["retry-after"] == "1"
+
+
+@pytest.fixture
+def fresh_server_small_queue(tmp_path_factory, wheels):
+    server = Server(tmp_path_factory.mktemp("srv"), wheels, ["--max-workers", "2", "--max-queue", "1"]).start()
+    yield server
+    server.stop()
+
+
+def test_lone_surrogates_and_control_characters_never_corrupt_the_log(server: Server) -> None:
+    assert server.upload("echo", "def main(x):\n    print(x)\n    return x\n").status == 200
+    resp = server.request("POST", "/function/echo", b'["\\ud800 \\u0000 \\u001b[31m"]')
+    assert resp.status == 200 and resp.json["result"] == "\ud800 \x00 \x1b[31m"
+    for record in server.request("GET", "/admin/logs/echo").json:
+        assert record["args"] == ["\ud800 \x00 \x1b[31m"]
+    logfile = next((server.root / "data" / "logs" / "echo").glob("*.jsonl"))
+    for line in logfile.read_bytes().splitlines():
+        assert line.isascii()
+        json.loads(line)
+
+
+def test_request_data_in_the_server_log_is_escaped(server: Server) -> None:
+    raw_exchange(server.port, b"GET /admin/\x1b[31mred HTTP/1.1\r\nHost: x\r\nAuthorization: Basic d3Jvbmc=\r\n\r\n", 2)
+    raw_exchange(server.port, b"GET /admin/%1b[31mred HTTP/1.1\r\nHost: x\r\nAuthorization: Basic d3Jvbmc=\r\n\r\n", 2)
+    time.sleep(0.2)
+    log = server.log()
+    assert "\x1b" not in log
+    assert "failed authentication from 127.0.0.1" in log
+
+
+def test_expect_100_continue_comes_only_after_auth_and_size_checks(server: Server) -> None:
+    def head(auth: str, length: int) -> bytes:
+        return (f"POST /function/quick HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n").encode()
+
+    assert server.upload("quick", "def main():\n    return 'q'\n").status == 200
+    assert raw_exchange(server.port, head("Basic d3Jvbmc=", 2), 2).startswith(b"HTTP/1.1 401 ")
+    assert raw_exchange(server.port, head(AUTH, 100 * 1024 * 1024), 2).startswith(b"HTTP/1.1 413 ")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head(AUTH, 2))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"[]")
+        assert sock.recv(1000).startswith(b"HTTP/1.1 200 ")
+
+
+def test_300_idle_and_half_sent_connections_do_not_block_a_fresh_client(server: Server) -> None:
+    socks = []
+    try:
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            if i % 2:
+                sock.sendall(b"POST /function/quick HTTP/1.1\r\nHost: x\r\nContent-Len")
+            socks.append(sock)
+        start = time.monotonic()
+        resp = server.request("GET", "/admin/functions")
+        assert resp.status == 200
+        assert time.monotonic() - start < 1.0
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_pip_past_its_time_limit_is_422(tmp_path_factory, wheels) -> None:
+    server = Server(tmp_path_factory.mktemp("srv"), wheels, ["--pip-timeout", "0.05"]).start()
+    try:
+        resp = server.upload("slowpip", "import greetlib\ndef main():\n    return 1\n", requirements="greetlib")
+        assert resp.status == 422 and resp.json["error"]["code"] == "requirements_timeout"
+        assert server.request("GET", "/admin/functions").json == []
+    finally:
+        server.stop()
+
+
+def test_kill_loop_loses_no_answered_call(tmp_path_factory, wheels) -> None:
+    """10 times: SIGKILL the server while 4 clients call and one uploads; restart; check everything."""
+    server = Server(tmp_path_factory.mktemp("srv"), wheels).start()
+    assert server.upload("loop", "def main(i):\n    return i\n").status == 200
+    answered: list[str] = []
+    uploaded: set[str] = {"loop"}
+    rng = random.Random(7)
+    try:
+        for round_no in range(10):
+            stop = threading.Event()
+
+            def caller() -> None:
+                conn = server.connect(timeout=5)
+                while not stop.is_set():
+                    try:
+                        resp = server.request("POST", "/function/loop", "[1]", conn=conn)
+                    except Exception:  # the server was killed under us: this client is done
+                        return
+                    if resp.status == 200:
+                        answered.append(resp.json["id"])
+
+            def uploader() -> None:
+                n = 0
+                while not stop.is_set():
+                    name = f"up{round_no}_{n}"
+                    try:
+                        if server.upload(name, f"def main():\n    return {n}\n").status == 200:
+                            uploaded.add(name)
+                    except Exception:
+                        return
+                    n += 1
+
+            threads = [threading.Thread(target=caller) for _ in range(4)] + [threading.Thread(target=uploader)]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.3, 0.8))
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait()
+            stop.set()
+            for t in threads:
+                t.join()
+            json.loads((server.root / "data" / "functions.json").read_text())
+            server.start()
+            names = set(server.request("GET", "/admin/functions").json)
+            assert uploaded <= names
+            for name in rng.sample(sorted(names), min(5, len(names))):
+                assert server.call(name, [0] if name == "loop" else None).status == 200
+        logged = {r["id"] for r in server.request("GET", "/admin/logs/loop").json}
+        assert len(answered) > 100
+        assert set(answered) <= logged
+    finally:
+        server.stop()
