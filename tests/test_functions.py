@@ -175,3 +175,84 @@ def test_output_goes_to_the_record_not_the_response(server: Server) -> None:
     assert json.loads(resp.raw) == {"id": resp.json["id"], "result": "r", "duration": resp.json["duration"]}
     record = server.request("GET", "/admin/logs/printer?limit=1").json[0]
     assert record["stdout"] == "to out\n" and record["stderr"] == "to err\n"
+
+
+def test_replacing_under_load_never_fails_a_call(server: Server) -> None:
+    assert server.upload("hot", "def main():\n    return 0\n").status == 200
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def caller() -> None:
+        conn = server.connect()
+        while not done.is_set():
+            statuses.append(server.request("POST", "/function/hot", b"", conn=conn).status)
+        conn.close()
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for version in range(1, 6):
+            assert server.upload("hot", f"def main():\n    return {version}\n").status == 200
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert len(statuses) > 50 and set(statuses) == {200}
+    assert server.call("hot").json["result"] == 5
+
+
+def test_a_call_in_flight_keeps_its_venv_when_the_function_is_replaced(server: Server) -> None:
+    src = "import time\n\ndef main(wait):\n    time.sleep(wait)\n    import greetlib\n    return greetlib.greet('late')\n"
+    assert server.upload("lazyimport", src, requirements="greetlib").status == 200
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(r=server.call("lazyimport", [1.0])))
+    thread.start()
+    time.sleep(0.3)
+    assert server.upload("lazyimport", "def main(wait):\n    return 'v2'\n").status == 200
+    thread.join()
+    assert result["r"].status == 200 and result["r"].json["result"] == "hello late"
+    assert server.call("lazyimport", [0]).json["result"] == "v2"
+
+
+def test_workers_run_in_their_versions_folder(server: Server) -> None:
+    src = "import os\n\ndef main():\n    return [os.getcwd(), os.path.exists(__file__)]\n"
+    assert server.upload("where", src).status == 200
+    cwd, exists = server.call("where").json["result"]
+    assert exists and os.path.basename(cwd).startswith("v-")
+    assert os.path.realpath(server.root / "functions" / "where" / "func.py") == os.path.join(cwd, "func.py")
+
+
+def test_deleting_during_a_call_finishes_it_and_the_log_stays_gone(server: Server) -> None:
+    assert server.upload("brief", "import time\n\ndef main():\n    time.sleep(1)\n    return 'x'\n").status == 200
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(r=server.call("brief")))
+    thread.start()
+    time.sleep(0.3)
+    assert server.request("DELETE", "/admin/functions/brief").status == 200
+    thread.join()
+    assert result["r"].status in (200, 502)
+    assert not (server.root / "data" / "logs" / "brief").exists()
+    assert server.upload("brief", "def main():\n    return 'new'\n").status == 200
+    assert server.request("GET", "/admin/functions/brief").json["invocations"] == 0
+
+
+def test_results_up_to_the_limit_come_back_and_larger_ones_are_errors(server: Server) -> None:
+    assert server.upload("big", "def main(n):\n    return 'x' * n\n").status == 200
+    start = time.monotonic()
+    resp = server.call("big", [5 * 1024 * 1024])
+    assert resp.status == 200 and len(resp.json["result"]) == 5 * 1024 * 1024
+    assert time.monotonic() - start < 10
+    resp = server.call("big", [7 * 1024 * 1024])
+    assert resp.status == 500 and "limit" in resp.json["error"]["message"]
+
+
+def test_what_a_call_printed_before_a_timeout_or_crash_is_in_its_record(server: Server) -> None:
+    src = ("import os, time\n\ndef main(how):\n    print('before', how)\n"
+           "    if how == 'crash':\n        os._exit(9)\n    time.sleep(60)\n")
+    assert server.upload("lastwords", src).status == 200
+    assert server.call("lastwords", ["crash"]).status == 502
+    assert server.call("lastwords", ["hang"]).status == 504
+    records = server.request("GET", "/admin/logs/lastwords").json
+    assert [(r["status"], r["stdout"]) for r in records] == [("crashed", "before crash\n"),
+                                                             ("timeout", "before hang\n")]

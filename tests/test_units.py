@@ -110,38 +110,55 @@ def _record(i: int, status: str = "ok") -> bytes:
 
 
 def test_log_store_appends_reads_newest_and_counts(tmp_path) -> None:
-    store = LogStore(tmp_path, retention=0)
+    log = LogStore(tmp_path, retention=0).open("f")
     for i in range(25):
-        store.append("f", _record(i, "ok" if i % 5 else "error"), is_error=not i % 5)
-    lines = store.read("f", limit=3)
-    assert [json.loads(x)["args"] for x in lines] == [[22], [23], [24]]
-    assert len(store.read("f")) == 25
-    assert store.counts("f") == (25, 5)
-    store.close()
-    assert LogStore(tmp_path, retention=0).counts("f") == (25, 5)  # recounted from the files
+        log.append(_record(i, "ok" if i % 5 else "error"), is_error=not i % 5)
+    assert [json.loads(x)["args"] for x in log.read(limit=3)] == [[22], [23], [24]]
+    assert len(log.read()) == 25
+    assert log.counts() == (25, 5)
+    log.close()
+    assert LogStore(tmp_path, retention=0).open("f").counts() == (25, 5)  # recounted from the files
+
+
+def test_error_counts_are_not_fooled_by_arguments_that_look_like_a_status(tmp_path) -> None:
+    log = LogStore(tmp_path, retention=0).open("f")
+    line = encode_record(id="00000000-0000-4000-8000-000000000000", status="error", function="f", start=1.0,
+                         end=2.0, args_json='[{"status":"ok"}]', kwargs_json="{}", outcome=b'"error":{}')
+    log.append(line, is_error=True)
+    log.close()
+    assert LogStore(tmp_path, retention=0).open("f").counts() == (1, 1)
 
 
 def test_log_retention_drops_whole_old_segments_and_reads_exactly_the_newest(tmp_path) -> None:
-    store = LogStore(tmp_path, retention=10)
+    log = LogStore(tmp_path, retention=10).open("f")
     for i in range(103):
-        store.append("f", _record(i), is_error=False)
-    records = [json.loads(x) for x in store.read("f")]
-    assert [r["args"][0] for r in records] == list(range(93, 103))
+        log.append(_record(i), is_error=False)
+    assert [json.loads(x)["args"][0] for x in log.read()] == list(range(93, 103))
     assert len(list((tmp_path / "f").glob("*.jsonl"))) <= 6  # old segments deleted, not rewritten
 
 
 def test_a_torn_last_line_is_cut_and_appends_continue_cleanly(tmp_path) -> None:
-    store = LogStore(tmp_path, retention=0)
+    log = LogStore(tmp_path, retention=0).open("f")
     for i in range(3):
-        store.append("f", _record(i), is_error=False)
-    store.close()
+        log.append(_record(i), is_error=False)
+    log.close()
     segment = next((tmp_path / "f").glob("*.jsonl"))
     with open(segment, "ab") as f:
         f.write(_record(3)[:40])  # the server died in the middle of a write
+    log = LogStore(tmp_path, retention=0).open("f")
+    assert [json.loads(x)["args"][0] for x in log.read()] == [0, 1, 2]
+    log.append(_record(4), is_error=False)
+    assert [json.loads(x)["args"][0] for x in log.read()] == [0, 1, 2, 4]
+
+
+def test_a_closed_log_drops_late_appends_instead_of_coming_back(tmp_path) -> None:
     store = LogStore(tmp_path, retention=0)
-    assert [json.loads(x)["args"][0] for x in store.read("f")] == [0, 1, 2]
-    store.append("f", _record(4), is_error=False)
-    assert [json.loads(x)["args"][0] for x in store.read("f")] == [0, 1, 2, 4]
+    log = store.open("f")
+    log.append(_record(1), is_error=False)
+    log.close()
+    store.remove("f")
+    log.append(_record(2), is_error=False)  # a call that finished after its function was deleted
+    assert not (tmp_path / "f").exists()
 
 
 def test_registry_round_trips_and_writes_atomically(tmp_path) -> None:

@@ -16,7 +16,7 @@ from .status import Sampler
 
 log = logging.getLogger("tinyfaas_std")
 
-JANITOR_INTERVAL = 5.0  # seconds between sweeps for workers idle past --idle-timeout
+JANITOR_INTERVAL = 5.0  # seconds between sweeps: idle workers, drained old versions, unused venvs
 
 
 def _is_loopback(host: str) -> bool:
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     def janitor() -> None:
         while not stopping.wait(JANITOR_INTERVAL):
             manager.reap_idle_workers()
+            manager.collect_garbage()
 
     threading.Thread(target=janitor, name="janitor", daemon=True).start()
     try:

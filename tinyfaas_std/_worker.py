@@ -1,7 +1,7 @@
 """The worker: runs inside a function's own virtualenv interpreter, imports `func.py` once, serves many calls.
 
-Started by the server as `<venv>/bin/python -I _worker.py <fd> <func.py> <memory_mb>`, by path, so it must use the
-standard library only and import nothing from `tinyfaas_std`. It talks to the server over the socket `<fd>` (one
+Started by the server as `<venv>/bin/python -I _worker.py <fd> <func.py> <memory_mb> <out> <err>`, by path, so it
+must use the standard library only and import nothing from `tinyfaas_std`. It talks to the server over the socket `<fd>` (one
 end of a socketpair), never over stdout, so whatever the function prints cannot corrupt the channel.
 
 Frames, both ways: a 4-byte big-endian length, then the payload.
@@ -11,18 +11,25 @@ Frames, both ways: a 4-byte big-endian length, then the payload.
 - Worker -> server, its answer: `o` or `e`, a 4-byte length, then the result (or the error object) as JSON, then a
   JSON object fragment without braces holding `stdout`, `stderr` and their `*_truncated` flags. The server splices
   these bytes into its response and the log record without decoding them.
-What the call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each.
+What the call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each, and also
+written through to the files `<out>`/`<err>`, so that the server can still report it when the call times out or
+the process dies. A watchdog thread ends the worker's process group if the server goes away (even by SIGKILL).
 """
 
 import importlib.util
 import json
 import os
+import signal
 import socket
 import struct
 import sys
+import threading
+import time
 import traceback
 
 OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr kept per call; the rest is counted, not stored
+MAX_RESULT_BYTES = 6 * 1024 * 1024  # an answer larger than this is an error (AWS Lambda's limit is 6 MB too)
+WATCHDOG_INTERVAL = 1.0  # seconds between checks that the server is still our parent
 MAX_DEPTH = 64          # the same bound the server puts on arguments
 MAX_INT_DIGITS = 1000   # likewise
 
@@ -31,12 +38,19 @@ _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", 
 
 
 class _Capture:
-    """A write-only text stream that keeps the first OUTPUT_CAP characters."""
+    """A write-only text stream that keeps the first OUTPUT_CAP characters of a call, also in a file."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "w", encoding="utf-8", errors="backslashreplace")
         self.parts: list = []
         self.kept = 0
         self.truncated = False
+
+    def reset(self) -> None:
+        if self.kept or self.truncated:
+            self.file.seek(0)
+            self.file.truncate()
+        self.parts, self.kept, self.truncated = [], 0, False
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
@@ -48,6 +62,8 @@ class _Capture:
         if text:
             self.parts.append(text)
             self.kept += len(text)
+            self.file.write(text)
+            self.file.flush()
         return len(text)
 
     def flush(self) -> None:
@@ -104,14 +120,17 @@ def _load(path: str):
     return main
 
 
-def _call(main, request: bytes) -> bytes:
-    out, err = _Capture(), _Capture()
+def _call(main, request: bytes, out: _Capture, err: _Capture) -> bytes:
+    out.reset()
+    err.reset()
     sys.stdout, sys.stderr = out, err
     try:
         args, kwargs = json.loads(request)
         result = main(*args, **kwargs)
         _check(result)
         status, body = b"o", _encode(result)
+        if len(body) > MAX_RESULT_BYTES:
+            raise ValueError(f"the result is {len(body)} bytes of JSON; the limit is {MAX_RESULT_BYTES}")
     except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
         status, body = b"e", _encode(_error(exc))
     finally:
@@ -122,8 +141,17 @@ def _call(main, request: bytes) -> bytes:
     return status + _LEN.pack(len(body)) + body + extra.encode()
 
 
+def _watchdog(parent: int) -> None:
+    while True:
+        time.sleep(WATCHDOG_INTERVAL)
+        if os.getppid() != parent:
+            os.killpg(0, signal.SIGKILL)
+
+
 def main() -> None:
     fd, path, memory_mb = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    out, err = _Capture(sys.argv[4]), _Capture(sys.argv[5])
+    threading.Thread(target=_watchdog, args=(os.getppid(),), daemon=True).start()
     sock = socket.socket(fileno=fd)
     if memory_mb > 0:
         import resource
@@ -149,7 +177,7 @@ def main() -> None:
             request = _recv_exactly(rfile, _LEN.unpack(header)[0])
         except (EOFError, ConnectionError):
             return  # the server closed the channel: stop quietly
-        _send(sock, _call(fn, request))
+        _send(sock, _call(fn, request, out, err))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """Function lifecycle and execution: validate, build, swap, invoke, time, log, delete.
 
-Strategy: `FunctionManager` is the core the HTTP layer calls; it owns the registry, the logs, the venvs and one
-worker `Pool` per deployed function. Uploaded code never runs in this process: it is compiled here (syntax
-errors are cheap to report) and imported by a worker of the function's own venv interpreter. That first worker
-is the upload's proof that the function starts, and then becomes its first warm worker.
+Strategy: `FunctionManager` is the core the HTTP layer calls. It owns the registry, the logs, the venvs, and
+for each deployed function a `_Live` entry: its registry record, the worker `Pool` of its current version and
+its log. Calls read `_live` without taking any lock held by an upload; uploads and deletes of one name are
+serialised by that name's lock.
 
-Replacing a function builds the new version beside the old one (staged file, venv by requirements key) and swaps
-only on success: registry entry, `func.py`, pool. Until then calls keep reaching the old pool; a rejected upload
-leaves everything as it was. Uploads and deletes of one name are serialised by that name's lock; calls never
-take it.
+Uploaded code never runs in this process: it is compiled here (syntax errors are cheap to report) and imported
+by a worker of the function's own venv interpreter. That first worker is the upload's proof that the function
+starts, and then becomes its first warm worker.
+
+Versions: each upload writes its code to a new folder `functions/<name>/v-<id>/` and the registry names the
+version that is live; `registry.put` is the single moment a new version goes live, so a crash at any point
+leaves the old or the new version whole. `functions/<name>/func.py` is a link to the live version for people.
+A replaced version's pool finishes the calls it has, then its folder and (if no one else uses it) its venv are
+collected. A rejected upload leaves everything as it was.
 
 Every call, whatever its outcome, is appended to the log before its answer is returned. Results travel as JSON
 bytes from the worker and are spliced into the answer and the record, never decoded here.
@@ -16,8 +21,10 @@ bytes from the worker and are spliced into the answer and the record, never deco
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
+import json
 import os
 import random
 import re
@@ -25,21 +32,23 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .bodies import parse_invocation
+from .bodies import Call, parse_invocation
 from .config import Config
-from .errors import BadRequest, NotFound, ServiceUnavailable, Unprocessable, WorkerCrashed
-from .state import FunctionMeta, LogStore, Registry, encode_record
+from .errors import BadRequest, FaasError, NotFound, ServiceUnavailable, Unprocessable, WorkerCrashed
+from .state import FunctionLog, FunctionMeta, LogStore, Registry, encode_record
 from .venvs import Venv, VenvBuilder, parse_requirements
-from .workers import Pool, StartFailed, Worker, WorkerDied, WorkerTimeout
+from .workers import Pool, PoolClosed, StartFailed, Worker, WorkerDied, WorkerTimeout
 
-__all__ = ["FunctionManager", "Answer", "Lifecycle", "NAME_PATTERN"]
+__all__ = ["FunctionManager", "Answer", "Lifecycle", "NAME_PATTERN", "check_name"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # ASCII only: names become folder names
 MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a single-file function; more is data that belongs elsewhere
+_NO_OUTPUT = b'"stdout":"","stderr":""'
 
 
 class Lifecycle(enum.Enum):
@@ -65,6 +74,17 @@ class Answer:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Live:
+    meta: FunctionMeta
+    pool: Pool
+    log: FunctionLog
+
+
+_UUID4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (1 << 128) - 1  # clears the version and variant bits
+_UUID4_BITS = 0x4000 << 64 | 0x8000 << 48                      # version 4, RFC 4122 variant
+
+
 class _Ids:
     """uuid4 strings from a generator seeded once from the OS, not a syscall per call."""
 
@@ -72,7 +92,8 @@ class _Ids:
         self._rng = random.Random(os.urandom(32))
 
     def next(self) -> str:
-        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        h = "%032x" % (self._rng.getrandbits(128) & _UUID4_MASK | _UUID4_BITS)
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class FunctionManager:
@@ -83,15 +104,23 @@ class FunctionManager:
         self.registry = Registry(config.data_dir / "functions.json")
         self.logs = LogStore(config.data_dir / "logs", config.log_retention)
         self.venvs = VenvBuilder(self.functions_dir / ".venvs", config.pip_timeout)
-        self.started = time.time()
+        self._capture_dir = self.functions_dir / ".run"  # what running calls print, for crash reports
+        shutil.rmtree(self._capture_dir, ignore_errors=True)
+        self._capture_dir.mkdir()
         self._ids = _Ids()
-        self._lock = threading.Lock()                  # guards the four dicts below and the in-flight count
-        self._pools: dict[str, Pool] = {}
-        self._states: dict[str, Lifecycle] = {m.name: Lifecycle.READY for m in self.registry.all()}
+        self._lock = threading.Lock()  # guards the dicts and lists below and the in-flight count
+        self._live: dict[str, _Live] = {}
+        self._retiring: list[tuple[Pool, str, Path]] = []  # replaced or deleted: (pool, venv key, version)
+        self._states: dict[str, Lifecycle] = {}
         self._name_locks: dict[str, threading.Lock] = {}
         self._inflight = 0
-        self._idle = threading.Condition(self._lock)
+        self._quiet = threading.Condition(self._lock)
         self._closing = False
+        for meta in self.registry.all():
+            self._live[meta.name] = _Live(meta, self._new_pool(meta), self.logs.open(meta.name))
+            self._states[meta.name] = Lifecycle.READY
+            self._link(meta)
+        self.collect_garbage()
 
     # -- admin -------------------------------------------------------------------------------------------------
 
@@ -99,16 +128,15 @@ class FunctionManager:
         return self.registry.names()
 
     def describe(self, name: str) -> dict[str, Any]:
-        meta = self._meta(name)
-        calls, errors = self.logs.counts(name)
-        return {**asdict(meta), "status": self._states.get(name, Lifecycle.READY).value,
+        live = self._get(name)
+        calls, errors = live.log.counts()
+        return {**asdict(live.meta), "status": self._states.get(name, Lifecycle.READY).value,
                 "invocations": calls, "errors": errors,
                 "limits": {"timeout_seconds": self.config.timeout, "memory_mb": self.config.memory_mb,
                            "max_workers": self.config.max_workers, "max_body_mb": self.config.max_body_mb}}
 
     def read_logs(self, name: str, limit: int | None) -> list[bytes]:
-        self._meta(name)
-        return self.logs.read(name, limit)
+        return self._get(name).log.read(limit)
 
     def upload(self, name: str, source: bytes, requirements_text: str | None) -> dict[str, Any]:
         check_name(name)
@@ -116,184 +144,217 @@ class FunctionManager:
         requirements = parse_requirements(requirements_text or "")
         began = time.monotonic()
         with self._name_lock(name):
-            existed = self.registry.get(name) is not None
+            existed = name in self._live
             self._move(name, Lifecycle.UPDATING if existed else Lifecycle.BUILDING)
             try:
                 meta, worker = self._build(name, source, requirements)
             except BaseException:
                 self._move(name, Lifecycle.READY if existed else None)
                 raise
-            self._swap(meta, worker)
+            self._activate(meta, worker)
             self._move(name, Lifecycle.READY)
-        self._collect_venvs()
+        self.collect_garbage()
         return {"name": name, "status": "ready", "created": not existed, "requirements": requirements,
                 "build_seconds": round(time.monotonic() - began, 4)}
 
     def delete(self, name: str) -> dict[str, str]:
-        check_name(name)
+        self._get(name)
         with self._name_lock(name):
-            self._meta(name)
+            self._get(name)  # it may have gone while we waited for the lock
             self._move(name, Lifecycle.DELETING)
             self.registry.remove(name)
             with self._lock:
-                pool = self._pools.pop(name, None)
-            if pool is not None:
-                pool.close()
-            self.logs.delete(name)
+                live = self._live.pop(name)
+                self._retiring.append(self._retire(live))
+            live.pool.close()
+            live.log.close()
+            self.logs.remove(name)
             _remove_tree(self._folder(name))
             self._move(name, None)
-        self._collect_venvs()
+        self.collect_garbage()
         return {"deleted": name}
 
     # -- calls -------------------------------------------------------------------------------------------------
 
     def invoke(self, name: str, body: bytes) -> Answer:
+        with self._call_slot():
+            call = parse_invocation(body)
+            live = self._get(name)
+            call_id, start = self._ids.next(), time.time()
+            try:
+                worker, live = self._acquire(live)
+            except FaasError as exc:
+                if exc.status in (429, 502):  # the call was made and failed: it belongs in the log
+                    status = "crashed" if exc.status == 502 else "error"
+                    error = b'{"type":"%s","message":%s}' % (type(exc).__name__.encode(), _quote(exc.message))
+                    self._record(live, call, call_id, start, status, error, _NO_OUTPUT)
+                raise
+            status, main, extra = self._execute(live.pool, worker, call)
+            end = self._record(live, call, call_id, start, status, main, extra)
+            return _answer(call_id, status, main, end - start)
+
+    def _acquire(self, live: _Live) -> tuple[Worker, _Live]:
+        """A worker of the function's current version. A call that raced with a replacement follows it."""
+        while True:
+            try:
+                return live.pool.acquire(wait=self.config.timeout), live
+            except PoolClosed:
+                live = self._get(live.meta.name)
+
+    def _execute(self, pool: Pool, worker: Worker, call: Call) -> tuple[str, bytes, bytes]:
+        healthy = False
+        try:
+            ok, main, extra = worker.call(b"[%s,%s]" % (call.args_json.encode(), call.kwargs_json.encode()))
+            healthy = True
+            return ("ok" if ok else "error"), main, extra
+        except WorkerTimeout:
+            message = f"the function ran past its {self.config.timeout:g} s timeout; its worker was killed"
+            return "timeout", b'{"type":"Timeout","message":%s,"traceback":""}' % _quote(message), \
+                worker.salvage_output()
+        except WorkerDied:
+            code = worker.proc.poll()
+            message = f"the function's process exited or was killed (exit status {code})"
+            return "crashed", b'{"type":"WorkerDied","message":%s,"traceback":""}' % _quote(message), \
+                worker.salvage_output()
+        finally:
+            pool.release(worker, healthy)
+
+    def _record(self, live: _Live, call: Call, call_id: str, start: float, status: str, main: bytes,
+                extra: bytes) -> float:
+        end = time.time()
+        outcome = (b'"result":' if status == "ok" else b'"error":') + main + b"," + extra
+        live.log.append(encode_record(id=call_id, status=status, function=live.meta.name, start=start, end=end,
+                                      args_json=call.args_json, kwargs_json=call.kwargs_json, outcome=outcome),
+                        status != "ok")
+        return end
+
+    @contextlib.contextmanager
+    def _call_slot(self) -> Iterator[None]:
         with self._lock:
             if self._closing:
-                raise ServiceUnavailable("the server is shutting down", code="shutting_down",
-                                         headers={"Connection": "close"})
+                raise ServiceUnavailable("the server is shutting down", code="shutting_down", close=True)
             self._inflight += 1
         try:
-            call = parse_invocation(body)
-            pool = self._pool(name)
-            return self._run(name, pool, call.args_json, call.kwargs_json)
+            yield
         finally:
             with self._lock:
                 self._inflight -= 1
                 if not self._inflight:
-                    self._idle.notify_all()
+                    self._quiet.notify_all()
 
-    def _run(self, name: str, pool: Pool, args_json: str, kwargs_json: str) -> Answer:
-        call_id = self._ids.next()
-        timeout = self.config.timeout
-        start = time.time()
-        worker = pool.acquire(wait=timeout)
-        healthy = False
-        try:
-            ok, main, extra = worker.call(b"[%s,%s]" % (args_json.encode(), kwargs_json.encode()), timeout)
-            healthy, status = True, ("ok" if ok else "error")
-        except WorkerTimeout:
-            status = "timeout"
-            main = b'{"type":"Timeout","message":"the function ran past its %gs timeout; its worker was killed",' \
-                   b'"traceback":""}' % timeout
-            extra = b'"stdout":"","stderr":""'
-        except WorkerDied:
-            status = "crashed"
-            main = (b'{"type":"WorkerDied","message":"the function\'s process exited or was killed '
-                    b'(exit status %d)","traceback":""}' % _exit_status(worker))
-            extra = b'"stdout":"","stderr":""'
-        finally:
-            pool.release(worker, healthy)
-        end = time.time()
-        outcome = (b'"result":' if status == "ok" else b'"error":') + main + b"," + extra
-        self.logs.append(name, encode_record(id=call_id, status=status, function=name, start=start, end=end,
-                                             args_json=args_json, kwargs_json=kwargs_json, outcome=outcome),
-                         status != "ok")
-        return _answer(call_id, status, main, end - start)
-
-    def _pool(self, name: str) -> Pool:
-        pool = self._pools.get(name)
-        if pool is not None:
-            return pool
-        with self._name_lock(name):  # after a restart: the first call creates the pool of a known function
-            with self._lock:
-                pool = self._pools.get(name)
-            if pool is None:
-                meta = self._meta(name)
-                pool = self._new_pool(self.venvs.get(meta.venv), self._folder(name) / "func.py")
-                with self._lock:
-                    self._pools[name] = pool
-            return pool
+    # -- upkeep ------------------------------------------------------------------------------------------------
 
     def worker_pids(self) -> list[int]:
         with self._lock:
-            pools = list(self._pools.values())
+            pools = [live.pool for live in self._live.values()] + [item[0] for item in self._retiring]
         return [pid for pool in pools for pid in pool.pids()]
 
     def reap_idle_workers(self) -> None:
         with self._lock:
-            pools = list(self._pools.values())
+            pools = [live.pool for live in self._live.values()]
         for pool in pools:
             pool.reap_idle(self.config.idle_timeout)
+
+    def collect_garbage(self) -> None:
+        """Remove venvs and version folders that no live function and no unfinished old pool uses."""
+        with self._lock:
+            self._retiring = [item for item in self._retiring if not item[0].drained]
+            used = {(venv, folder) for _, venv, folder in self._retiring}
+            used |= {self._retire(live)[1:] for live in self._live.values()}
+        self.venvs.remove_unused({venv for venv, _ in used})
+        keep = {folder for _, folder in used}
+        for name in self.names():
+            for folder in self._folder(name).glob("v-*"):
+                if folder not in keep:
+                    _remove_tree(folder)
 
     def close(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
         with self._lock:
             self._closing = True
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=grace)
-            pools = list(self._pools.values())
-            self._pools.clear()
+            self._quiet.wait_for(lambda: self._inflight == 0, timeout=grace)
+            pools = [live.pool for live in self._live.values()] + [item[0] for item in self._retiring]
         for pool in pools:
             pool.kill_all()
-        self.logs.close()
+        for live in list(self._live.values()):
+            live.log.close()
+        shutil.rmtree(self._capture_dir, ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
     def _build(self, name: str, source: bytes, requirements: list[str]) -> tuple[FunctionMeta, Worker]:
-        folder = self._folder(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / f".staging-{uuid.uuid4().hex}"  # the new version, beside the serving one
-        staging.mkdir()
-        staged = staging / "func.py"
-        staged.write_bytes(source)
+        version = self._folder(name) / f"v-{uuid.uuid4().hex[:12]}"
+        version.mkdir(parents=True)
         try:
+            (version / "func.py").write_bytes(source)
+            if requirements:
+                (version / "requirements.txt").write_text("\n".join(requirements) + "\n")
             with self.venvs.use(requirements) as (venv, _built):
-                worker = self._start(venv, staged)
+                try:
+                    worker = self._launch(venv, version)
+                except StartFailed as exc:
+                    raise _rejected(exc.info) from None
                 now = time.time()
                 old = self.registry.get(name)
                 meta = FunctionMeta(name=name, created=old.created if old else now, updated=now,
-                                    requirements=requirements, venv=venv.key,
+                                    requirements=requirements, venv=venv.key, version=version.name,
                                     code_sha256=hashlib.sha256(source).hexdigest(), code_size=len(source))
-                os.replace(staged, folder / "func.py")
-                self._write_requirements(folder, requirements)
-                _replace_symlink(folder / "venv", os.path.relpath(venv.path, folder))
-                self.registry.put(meta)
-        finally:
-            _remove_tree(staging)
+                try:
+                    self.registry.put(meta)  # the new version is live from here on
+                except BaseException:
+                    worker.close()
+                    raise
+        except BaseException:
+            _remove_tree(version)
+            raise
         return meta, worker
 
-    def _start(self, venv: Venv, func_path: Path) -> Worker:
-        try:
-            return Worker(venv.python, func_path, self.config.memory_mb, self.config.timeout)
-        except StartFailed as exc:
-            info = exc.info
-            where = f" at line {info['line']}" if info.get("line") else ""
-            raise Unprocessable(f"func.py failed to load{where}: {info.get('type')}: {info.get('message')}",
-                                code="function_rejected", line=info.get("line"),
-                                traceback=info.get("traceback", "")) from None
-
-    def _swap(self, meta: FunctionMeta, worker: Worker) -> None:
-        pool = self._new_pool(self.venvs.get(meta.venv), self._folder(meta.name) / "func.py", first=worker)
+    def _activate(self, meta: FunctionMeta, worker: Worker) -> None:
+        pool = self._new_pool(meta, first=worker)
         with self._lock:
-            old = self._pools.get(meta.name)
-            self._pools[meta.name] = pool
-        if old is not None:
-            old.close()
+            old = self._live.get(meta.name)
+            log = old.log if old else self.logs.open(meta.name)
+            self._live[meta.name] = _Live(meta, pool, log)
+            if old:
+                self._retiring.append(self._retire(old))
+        if old:
+            old.pool.close()
+        self._link(meta)
 
-    def _new_pool(self, venv: Venv, func_path: Path, first: Worker | None = None) -> Pool:
+    def _launch(self, venv: Venv, version: Path) -> Worker:
+        return Worker(venv.python, version / "func.py", self.config.memory_mb, self.config.timeout,
+                      self._capture_dir)
+
+    def _new_pool(self, meta: FunctionMeta, first: Worker | None = None) -> Pool:
+        venv, version = self.venvs.get(meta.venv), self._folder(meta.name) / meta.version
+
         def spawn() -> Worker:
             try:
-                return Worker(venv.python, func_path, self.config.memory_mb, self.config.timeout)
+                return self._launch(venv, version)
             except StartFailed as exc:
                 raise WorkerCrashed(f"the function failed to start: {exc.info.get('type')}: "
                                     f"{exc.info.get('message')}", code="function_start_failed") from None
+
         return Pool(spawn, self.config.max_workers, self.config.max_queue, first)
 
-    def _write_requirements(self, folder: Path, requirements: list[str]) -> None:
-        path = folder / "requirements.txt"
-        if requirements:
-            path.write_text("\n".join(requirements) + "\n")
+    def _retire(self, live: _Live) -> tuple[Pool, str, Path]:
+        return live.pool, live.meta.venv, self._folder(live.meta.name) / live.meta.version
+
+    def _link(self, meta: FunctionMeta) -> None:
+        """`func.py`, `requirements.txt` and `venv` in the function's folder point at the live version."""
+        folder = self._folder(meta.name)
+        _replace_symlink(folder / "func.py", f"{meta.version}/func.py")
+        _replace_symlink(folder / "venv", os.path.relpath(self.venvs.get(meta.venv).path, folder))
+        if meta.requirements:
+            _replace_symlink(folder / "requirements.txt", f"{meta.version}/requirements.txt")
         else:
-            path.unlink(missing_ok=True)
+            (folder / "requirements.txt").unlink(missing_ok=True)
 
-    def _collect_venvs(self) -> None:
-        self.venvs.remove_unused({meta.venv for meta in self.registry.all()})
-
-    def _meta(self, name: str) -> FunctionMeta:
-        meta = self.registry.get(name) if NAME_PATTERN.fullmatch(name) else None
-        if meta is None:
+    def _get(self, name: str) -> _Live:
+        live = self._live.get(name)
+        if live is None:
             raise NotFound(f"no function named {name[:80]!r}", code="function_not_found")
-        return meta
+        return live
 
     def _folder(self, name: str) -> Path:
         folder = (self.functions_dir / name).resolve()
@@ -338,6 +399,16 @@ def _check_source(source: bytes) -> None:
         raise Unprocessable(f"func.py does not compile: {exc}", code="function_rejected") from None
 
 
+def _rejected(info: dict[str, Any]) -> Unprocessable:
+    where = f" at line {info['line']}" if info.get("line") else ""
+    return Unprocessable(f"func.py failed to load{where}: {info.get('type')}: {info.get('message')}",
+                         code="function_rejected", line=info.get("line"), traceback=info.get("traceback", ""))
+
+
+def _quote(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=True).encode()
+
+
 def _answer(call_id: str, status: str, main: bytes, duration: float) -> Answer:
     if status == "ok":
         return Answer(200, b'{"id":"%s","result":%s,"duration":%.6f}' % (call_id.encode(), main, duration))
@@ -346,11 +417,6 @@ def _answer(call_id: str, status: str, main: bytes, duration: float) -> Answer:
     error = main[:-1] + b',"code":"%s"}' % code  # the worker's error object, with our machine code added
     body = b'{"id":"%s","error":%s,"duration":%.6f}' % (call_id.encode(), error, duration)
     return Answer(http_status, body)
-
-
-def _exit_status(worker: Worker) -> int:
-    code = worker.proc.poll()
-    return code if code is not None else -1
 
 
 def _replace_symlink(link: Path, target: str) -> None:

@@ -42,7 +42,12 @@ log = logging.getLogger("tinyfaas_std")
 MAX_SMALL_BODY = 64 * 1024    # routes that take no body still read (and drop) this much to keep framing in step
 MIN_BODY_RATE = 64 * 1024     # bytes/s a client must sustain while sending a body, beyond --client-timeout
 _RECV = 64 * 1024
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class _ClientGone(Exception):
+    """The client reset or closed the connection while we were reading: there is no one to answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +202,7 @@ class Handler(BaseHTTPRequestHandler):
         while not self.close_connection:
             try:
                 self.handle_one_request()
-            except OSError:  # the peer went away mid-answer; nothing left to tell it
+            except (OSError, _ClientGone):  # the peer went away; nothing left to tell it
                 return
 
     def handle_one_request(self) -> None:
@@ -225,6 +230,8 @@ class Handler(BaseHTTPRequestHandler):
             if exc.close or (req is not None and self._body_pending):
                 self.close_connection = True
             return self._error_reply(exc)
+        except _ClientGone:
+            raise
         except Exception:
             self.close_connection = True
             log.error("bug while serving %s %s:\n%s", self.client_address[0],
@@ -233,15 +240,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
-        if req.chunked:
-            raise NotImplementedHttp("chunked request bodies are not supported; send Content-Length",
-                                     code="chunked_not_supported")
         try:
             self.server.auth.check(req.headers.get("authorization"))
         except FaasError:
             log.warning("failed authentication from %s for %s %s", self.client_address[0], req.method,
                         escape(req.target[:200]))
             raise
+        if req.chunked:
+            raise NotImplementedHttp("chunked request bodies are not supported; send Content-Length",
+                                     code="chunked_not_supported")
         route, param, limit_name = _route(req.method, req.path)
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
         if limit_name == "max_upload_bytes" and req.content_length is None:
@@ -262,7 +269,12 @@ class Handler(BaseHTTPRequestHandler):
         if remaining <= 0:
             raise TimeoutError
         self.connection.settimeout(remaining)
-        return self.connection.recv(_RECV)
+        try:
+            return self.connection.recv(_RECV)
+        except TimeoutError:
+            raise
+        except OSError:
+            raise _ClientGone from None
 
     def _read_head(self, deadline: float) -> bytes | None:
         buf, start = self._buf, 0
@@ -281,7 +293,7 @@ class Handler(BaseHTTPRequestHandler):
                 if buf.strip():
                     raise RequestTimeout("the request head did not arrive in time") from None
                 return None  # an idle keep-alive connection: close it quietly
-            except OSError:
+            except _ClientGone:
                 return None
             if not chunk:
                 if buf.strip():
@@ -312,6 +324,9 @@ class Handler(BaseHTTPRequestHandler):
             tuple(exc.headers.items())
 
     def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
+        if status == 200 and not headers and not self.close_connection:  # the hot path: one format, one write
+            self.connection.sendall(b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body))
+            return
         lines = [f"HTTP/1.1 {status} {_reason(status)}", "Content-Type: application/json",
                  f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers]

@@ -22,9 +22,8 @@ import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-__all__ = ["FunctionMeta", "Registry", "LogStore", "encode_record", "atomic_write"]
+__all__ = ["FunctionMeta", "Registry", "LogStore", "FunctionLog", "encode_record", "atomic_write"]
 
 _REGISTRY_VERSION = 1
 _TAIL_BLOCK = 64 * 1024       # bytes read per step when reading a log from its end
@@ -39,6 +38,7 @@ class FunctionMeta:
     updated: float
     requirements: list[str] = field(default_factory=list)
     venv: str = ""            # the key of the virtualenv the function runs in
+    version: str = ""         # the folder under functions/<name>/ that holds this version's code
     code_sha256: str = ""
     code_size: int = 0
 
@@ -106,8 +106,9 @@ def encode_record(*, id: str, status: str, function: str, start: float, end: flo
     return head.encode() + outcome + b"}\n"
 
 
-class _FunctionLog:
-    """The segments of one function's log. Guarded by its own lock; opened lazily."""
+class FunctionLog:
+    """The segments of one function's log, behind its own lock. Opened on first use; after `close` (the function
+    was deleted) appends are dropped, so a call that finishes late cannot bring a deleted log back."""
 
     def __init__(self, folder: Path, retention: int) -> None:
         self.folder = folder
@@ -118,7 +119,6 @@ class _FunctionLog:
         self.size = 0                         # bytes in the newest segment
         self.fd = -1
         self.closed = False
-        self._open()
 
     def _path(self, seq: int) -> Path:
         return self.folder / f"{seq:012d}.jsonl"
@@ -131,11 +131,9 @@ class _FunctionLog:
             if seq == seqs[-1] and data and not data.endswith(b"\n"):
                 data = data[: data.rfind(b"\n") + 1]  # cut a torn last line so appends start clean
                 os.truncate(self._path(seq), len(data))
-            lines = data.count(b"\n")
-            oks = data.count(b'"status":"ok"')  # cheap upper bound; exact count below only when it matters
-            if oks != lines:
-                oks = sum(1 for line in data.splitlines() if line[_STATUS_AT:_STATUS_AT + 3] == b'ok"')
-            self.segments.append([seq, lines, lines - oks])
+            lines = data.splitlines()
+            errors = sum(1 for line in lines if line[_STATUS_AT:_STATUS_AT + 3] != b'ok"')
+            self.segments.append([seq, len(lines), errors])
             self.size = len(data)
         if not self.segments:
             self.segments.append([1, 0, 0])
@@ -143,15 +141,18 @@ class _FunctionLog:
         self.fd = os.open(self._path(self.segments[-1][0]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, line: bytes, is_error: bool) -> None:
-        if self.closed:
-            return  # the function was deleted while this call ran; its log went with it
-        if self.segments[-1][1] >= self.per_segment:
-            self._roll()
-        os.write(self.fd, line)
-        newest = self.segments[-1]
-        newest[1] += 1
-        newest[2] += is_error
-        self.size += len(line)
+        with self.lock:
+            if self.closed:
+                return
+            if self.fd < 0:
+                self._open()
+            if self.segments[-1][1] >= self.per_segment:
+                self._roll()
+            os.write(self.fd, line)
+            newest = self.segments[-1]
+            newest[1] += 1
+            newest[2] += is_error
+            self.size += len(line)
 
     def _roll(self) -> None:
         os.close(self.fd)
@@ -163,8 +164,18 @@ class _FunctionLog:
             while sum(s[1] for s in self.segments) - self.segments[0][1] >= self.retention:
                 os.unlink(self._path(self.segments.pop(0)[0]))
 
-    def tail(self, limit: int) -> list[bytes]:
-        """The newest `limit` complete lines, oldest first."""
+    def read(self, limit: int | None = None) -> list[bytes]:
+        """The newest `limit` records (at most the retention), oldest first, as JSON lines that parse."""
+        wanted = [n for n in (limit, self.retention) if n]
+        with self.lock:
+            if self.closed:
+                return []
+            if self.fd < 0:
+                self._open()
+            lines = self._tail(min(wanted) if wanted else 1 << 62)
+        return [line for line in lines if _parses(line)]
+
+    def _tail(self, limit: int) -> list[bytes]:
         lines: list[bytes] = []
         for index in range(len(self.segments) - 1, -1, -1):
             seq = self.segments[index][0]
@@ -175,17 +186,22 @@ class _FunctionLog:
         return lines
 
     def counts(self) -> tuple[int, int]:
-        records = sum(s[1] for s in self.segments)
-        errors = sum(s[2] for s in self.segments)
+        """(records, errors) in the kept log."""
+        with self.lock:
+            if self.fd < 0 and not self.closed:
+                self._open()
+            records = sum(s[1] for s in self.segments)
+            errors = sum(s[2] for s in self.segments)
         if self.retention and records > self.retention:
             return self.retention, errors  # errors may include a few from the oldest, unreturned records
         return records, errors
 
     def close(self) -> None:
-        self.closed = True
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self.lock:
+            self.closed = True
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 def _tail_lines(path: Path, size: int | None, limit: int) -> list[bytes]:
@@ -210,57 +226,18 @@ def _tail_lines(path: Path, size: int | None, limit: int) -> list[bytes]:
 
 
 class LogStore:
-    """Every function's log; one `_FunctionLog` each, created on first use."""
+    """Owns `data/logs/`: hands out one `FunctionLog` per function and removes a function's folder."""
 
     def __init__(self, root: Path, retention: int) -> None:
         self._root = root
         self._retention = retention
-        self._lock = threading.Lock()
-        self._logs: dict[str, _FunctionLog] = {}
         root.mkdir(parents=True, exist_ok=True)
 
-    def _log(self, name: str) -> _FunctionLog:
-        log = self._logs.get(name)
-        if log is None:
-            with self._lock:
-                log = self._logs.get(name)
-                if log is None:
-                    log = self._logs[name] = _FunctionLog(self._root / name, self._retention)
-        return log
+    def open(self, name: str) -> FunctionLog:
+        return FunctionLog(self._root / name, self._retention)
 
-    def append(self, name: str, line: bytes, is_error: bool) -> None:
-        log = self._log(name)
-        with log.lock:
-            log.append(line, is_error)
-
-    def read(self, name: str, limit: int | None = None) -> list[Any]:
-        """Records oldest first, as raw JSON lines that parse; a torn or foreign line is skipped."""
-        log = self._log(name)
-        cap = self._retention or None
-        wanted = min(x for x in (limit, cap) if x is not None) if (limit or cap) else None
-        with log.lock:
-            lines = log.tail(wanted if wanted is not None else 1 << 62)
-        return [line for line in lines if _parses(line)]
-
-    def counts(self, name: str) -> tuple[int, int]:
-        log = self._log(name)
-        with log.lock:
-            return log.counts()
-
-    def delete(self, name: str) -> None:
-        with self._lock:
-            log = self._logs.pop(name, None)
-        if log is not None:
-            with log.lock:
-                log.close()
+    def remove(self, name: str) -> None:
         shutil.rmtree(self._root / name, ignore_errors=True)
-
-    def close(self) -> None:
-        with self._lock:
-            for log in self._logs.values():
-                with log.lock:
-                    log.close()
-            self._logs.clear()
 
 
 def _parses(line: bytes) -> bool:

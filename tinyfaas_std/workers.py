@@ -13,22 +13,30 @@ call returns, so calls in flight finish.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ServiceUnavailable, TooManyRequests
+from .errors import TooManyRequests
 
-__all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "WORKER_SCRIPT"]
+__all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "PoolClosed", "WORKER_SCRIPT",
+           "MAX_RESULT_BYTES", "OUTPUT_CAP"]
 
 WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
 KILL_GRACE = 0.5    # seconds a worker gets after SIGTERM before SIGKILL
+OUTPUT_CAP = 64 * 1024   # characters of stdout/stderr kept per call (the worker applies the same cap)
+MAX_RESULT_BYTES = 6 * 1024 * 1024  # like AWS Lambda's synchronous response limit; the worker enforces it
+MAX_FRAME = MAX_RESULT_BYTES + 2 * 6 * OUTPUT_CAP + 4096  # result + escaped output + framing; past it: broken
 _LEN = struct.Struct("!I")
 _RECV = 256 * 1024  # one recv of this size holds almost every answer whole
 
@@ -50,65 +58,97 @@ class StartFailed(Exception):
 
 
 class Worker:
-    def __init__(self, python: Path, func_path: Path, memory_mb: int, start_timeout: float) -> None:
-        import json  # only for the rare hello error
+    """One warm process of a function. `call` is used by one thread at a time (the pool lends it out)."""
 
+    def __init__(self, python: Path, func_path: Path, memory_mb: int, timeout: float, capture_dir: Path) -> None:
+        token = uuid.uuid4().hex
+        self._capture = (capture_dir / f"{token}.out", capture_dir / f"{token}.err")
         ours, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
-                [str(python), "-I", str(WORKER_SCRIPT), str(theirs.fileno()), str(func_path), str(memory_mb)],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=str(func_path.parent))
+                [str(python), "-I", str(WORKER_SCRIPT), str(theirs.fileno()), str(func_path), str(memory_mb),
+                 *map(str, self._capture)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=_server_stderr(),
+                start_new_session=True, cwd=str(func_path.parent))
         finally:
             theirs.close()
         self.sock = ours
+        self.sock.settimeout(timeout)
+        self._timeout = timeout
         self.pid = self.proc.pid
         self.last_used = time.monotonic()
         try:
-            hello = self._receive(start_timeout)
+            hello = self._receive()
         except (WorkerDied, WorkerTimeout):
-            self.kill()
+            self.close()
             raise StartFailed({"type": "WorkerDied", "message": "the worker exited while importing func.py",
                                "line": None, "traceback": ""}) from None
         if hello[:1] != b"o":
-            self.kill()
+            self.close()
             raise StartFailed(json.loads(hello[1:]))
 
-    def call(self, payload: bytes, timeout: float) -> tuple[bool, bytes, bytes]:
+    def call(self, payload: bytes) -> tuple[bool, bytes, bytes]:
         """Run one call: (ok, result-or-error JSON, stdout/stderr JSON fragment)."""
         try:
             self.sock.sendall(_LEN.pack(len(payload)) + payload)
         except OSError:
             self.kill()
             raise WorkerDied from None
-        answer = self._receive(timeout)
+        answer = self._receive()
         (size,) = _LEN.unpack_from(answer, 1)
-        self.last_used = time.monotonic()
         return answer[:1] == b"o", answer[5:5 + size], answer[5 + size:]
 
-    def _receive(self, timeout: float) -> bytes:
-        self.sock.settimeout(timeout)
-        deadline = time.monotonic() + timeout
-        buf = b""
+    def _receive(self) -> bytes:
+        """One frame. Almost always a single recv; a large answer is read into a buffer of its announced size."""
+        deadline = time.monotonic() + self._timeout
         try:
-            while len(buf) < 4 or len(buf) < 4 + _LEN.unpack_from(buf)[0]:
-                if len(buf) >= 4:
-                    self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = self.sock.recv(_RECV)
-                if not chunk:
-                    self.kill()
-                    raise WorkerDied
-                buf += chunk
+            data = self.sock.recv(_RECV)
+            while 0 < len(data) < 4:
+                data += self.sock.recv(_RECV)
+            if not data:
+                raise WorkerDied
+            (size,) = _LEN.unpack_from(data)
+            if size > MAX_FRAME:
+                raise WorkerDied
+            if len(data) == 4 + size:
+                return data[4:]
+            return self._receive_rest(data, size, deadline)
         except TimeoutError:
             self.kill()
             raise WorkerTimeout from None
-        except OSError:
+        except (WorkerDied, OSError):
             self.kill()
             raise WorkerDied from None
-        return buf[4:]
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def _receive_rest(self, data: bytes, size: int, deadline: float) -> bytes:
+        buf = bytearray(size)
+        got = len(data) - 4
+        buf[:got] = data[4:]
+        view = memoryview(buf)
+        try:
+            while got < size:
+                self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                n = self.sock.recv_into(view[got:])
+                if not n:
+                    raise WorkerDied
+                got += n
+        finally:
+            self.sock.settimeout(self._timeout)
+        return bytes(buf)
+
+    def salvage_output(self) -> bytes:
+        """What the call printed before its process died, from the capture files the worker writes through."""
+        texts = []
+        for path in self._capture:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    texts.append(f.read(OUTPUT_CAP + 1))
+            except OSError:
+                texts.append("")
+        out, err = texts
+        return json.dumps({"stdout": out[:OUTPUT_CAP], "stderr": err[:OUTPUT_CAP],
+                           "stdout_truncated": len(out) > OUTPUT_CAP, "stderr_truncated": len(err) > OUTPUT_CAP},
+                          ensure_ascii=True, separators=(",", ":"))[1:-1].encode()
 
     def kill(self) -> None:
         """Stop the worker and every process of its group: SIGTERM, a short grace, then SIGKILL."""
@@ -123,6 +163,20 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.wait()
 
+    def close(self) -> None:
+        """Kill, and remove the capture files."""
+        self.kill()
+        for path in self._capture:
+            path.unlink(missing_ok=True)
+
+
+def _server_stderr() -> int | None:
+    """Where a worker's file descriptors 1 and 2 go: the server's stderr, so C-level output is not lost."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+
 
 def _signal_group(pgid: int, sig: int) -> None:
     try:
@@ -131,94 +185,135 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+class PoolClosed(Exception):
+    """The pool's function version was replaced or deleted; the caller looks up the current one."""
+
+
 class Pool:
+    """Lends warm workers. Idle ones wait in a LIFO list (so surplus workers idle out); when callers are queued,
+    a returning worker is handed straight to one of them through `_handoff`, a C-level queue, which costs far
+    less than a `Condition` wait/notify per call."""
+
     def __init__(self, spawn: Callable[[], Worker], max_workers: int, max_queue: int,
                  first: Worker | None = None) -> None:
         self._spawn = spawn
         self._max_workers = max_workers
         self._max_queue = max_queue
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._idle: list[Worker] = [first] if first else []
-        self._count = len(self._idle)   # idle + busy + starting
+        self._handoff: queue.SimpleQueue[Worker | None] = queue.SimpleQueue()  # None: a free slot, or closed
+        self._count = len(self._idle)   # workers alive or starting: idle + busy + in the hand-off queue
         self._waiting = 0
         self._closed = False
         self._all: set[Worker] = set(self._idle)
 
     def acquire(self, wait: float) -> Worker:
-        with self._cond:
-            deadline = time.monotonic() + wait
-            while not self._idle and self._count >= self._max_workers:
-                if self._closed:
-                    raise ServiceUnavailable("the function is being replaced or removed", code="function_retired")
-                if self._waiting >= self._max_queue:
-                    raise TooManyRequests("every worker of this function is busy and its queue is full",
-                                          code="queue_full", headers={"Retry-After": "1"})
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TooManyRequests("no worker of this function became free in time", code="queue_timeout",
-                                          headers={"Retry-After": "1"})
-                self._waiting += 1
-                try:
-                    self._cond.wait(remaining)
-                finally:
-                    self._waiting -= 1
+        with self._lock:
             if self._closed:
-                raise ServiceUnavailable("the function is being replaced or removed", code="function_retired")
+                raise PoolClosed
             if self._idle:
                 return self._idle.pop()
-            self._count += 1
+            spawn = self._count < self._max_workers
+            if spawn:
+                self._count += 1
+            elif self._waiting >= self._max_queue:
+                raise TooManyRequests("every worker of this function is busy and its queue is full",
+                                      code="queue_full", headers={"Retry-After": "1"})
+            else:
+                self._waiting += 1
+        if spawn:
+            return self._start()
+        try:
+            worker = self._handoff.get(timeout=wait)
+        except queue.Empty:
+            raise TooManyRequests("no worker of this function became free in time", code="queue_timeout",
+                                  headers={"Retry-After": "1"}) from None
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if worker is None:  # a slot was freed by a dead worker (start one), or the pool closed
+            if self._closed:
+                self._handoff.put(None)  # pass the news on to the next waiter
+                raise PoolClosed
+            return self._start()
+        return worker
+
+    def _start(self) -> Worker:
         try:
             worker = self._spawn()
         except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
+            self._free_slot()
             raise
-        with self._cond:
+        with self._lock:
             self._all.add(worker)
         return worker
 
-    def release(self, worker: Worker, healthy: bool) -> None:
-        with self._cond:
-            if healthy and not self._closed and worker.alive():
-                self._idle.append(worker)
-                self._cond.notify()
-                return
+    def _free_slot(self) -> None:
+        with self._lock:
             self._count -= 1
+            hand_on = self._waiting > 0 and not self._closed
+            if hand_on:
+                self._count += 1  # the slot goes to a waiter, who starts a worker in it
+        if hand_on:
+            self._handoff.put(None)
+
+    def release(self, worker: Worker, healthy: bool) -> None:
+        if healthy and not self._closed:
+            worker.last_used = time.monotonic()
+            with self._lock:
+                if not self._waiting:
+                    self._idle.append(worker)
+                    return
+            self._handoff.put(worker)
+            return
+        with self._lock:
             self._all.discard(worker)
-            self._cond.notify()
-        worker.kill()
+        worker.close()
+        self._free_slot()
 
     def reap_idle(self, idle_for: float) -> None:
         cutoff = time.monotonic() - idle_for
-        with self._cond:
+        with self._lock:
             stale = [w for w in self._idle if w.last_used < cutoff]
             self._idle = [w for w in self._idle if w.last_used >= cutoff]
             self._count -= len(stale)
             self._all.difference_update(stale)
         for worker in stale:
-            worker.kill()
+            worker.close()
 
     def close(self) -> None:
         """Refuse new calls, stop idle workers now and busy ones when their call returns."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._count -= len(idle)
+        while True:  # workers handed off to callers that gave up waiting
+            try:
+                leftover = self._handoff.get_nowait()
+            except queue.Empty:
+                break
+            if leftover is not None:
+                idle.append(leftover)
+        with self._lock:
             self._all.difference_update(idle)
-            self._cond.notify_all()
+            self._count -= len(idle)
+        self._handoff.put(None)  # wakes the waiters, one after another
         for worker in idle:
-            worker.kill()
+            worker.close()
+
+    @property
+    def drained(self) -> bool:
+        """Closed, and its last worker has stopped: nothing runs from its venv or code any more."""
+        with self._lock:
+            return self._closed and self._count <= 0
 
     def kill_all(self) -> None:
         """Close and stop busy workers too (server shutdown after the grace period)."""
         self.close()
-        with self._cond:
+        with self._lock:
             busy = list(self._all)
         for worker in busy:
-            worker.kill()
+            worker.close()
 
     def pids(self) -> list[int]:
-        with self._cond:
+        with self._lock:
             return [w.pid for w in self._all]
-
