@@ -111,6 +111,7 @@ class FunctionManager:
         self._lock = threading.Lock()  # guards the dicts and lists below and the in-flight count
         self._live: dict[str, _Live] = {}
         self._retiring: list[tuple[Pool, str, Path]] = []  # replaced or deleted: (pool, venv key, version)
+        self._building: set[Path] = set()  # version folders of uploads in progress
         self._states: dict[str, Lifecycle] = {}
         self._name_locks: dict[str, threading.Lock] = {}
         self._inflight = 0
@@ -153,6 +154,8 @@ class FunctionManager:
                 raise
             self._activate(meta, worker)
             self._move(name, Lifecycle.READY)
+            with self._lock:
+                self._building.discard(self._folder(name) / meta.version)
         self.collect_garbage()
         return {"name": name, "status": "ready", "created": not existed, "requirements": requirements,
                 "build_seconds": round(time.monotonic() - began, 4)}
@@ -259,14 +262,16 @@ class FunctionManager:
         """Remove venvs and version folders that no live function and no unfinished old pool uses."""
         with self._lock:
             self._retiring = [item for item in self._retiring if not item[0].drained]
-            used = {(venv, folder) for _, venv, folder in self._retiring}
-            used |= {self._retire(live)[1:] for live in self._live.values()}
-        self.venvs.remove_unused({venv for venv, _ in used})
-        keep = {folder for _, folder in used}
+        self.venvs.remove_unused(self._venvs_in_use)
         for name in self.names():
             for folder in self._folder(name).glob("v-*"):
-                if folder not in keep:
-                    _remove_tree(folder)
+                with self._lock:  # checked under the lock that uploads take to start and to go live
+                    if folder in self._building or folder in self._version_folders():
+                        continue
+                    trash = folder.with_name(f".trash-{folder.name}")
+                    with contextlib.suppress(OSError):
+                        folder.rename(trash)
+                _remove_tree(trash)
 
     def close(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
@@ -284,6 +289,8 @@ class FunctionManager:
 
     def _build(self, name: str, source: bytes, requirements: list[str]) -> tuple[FunctionMeta, Worker]:
         version = self._folder(name) / f"v-{uuid.uuid4().hex[:12]}"
+        with self._lock:
+            self._building.add(version)
         version.mkdir(parents=True)
         try:
             (version / "func.py").write_bytes(source)
@@ -306,6 +313,8 @@ class FunctionManager:
                     raise
         except BaseException:
             _remove_tree(version)
+            with self._lock:
+                self._building.discard(version)
             raise
         return meta, worker
 
@@ -336,6 +345,15 @@ class FunctionManager:
                                     f"{exc.info.get('message')}", code="function_start_failed") from None
 
         return Pool(spawn, self.config.max_workers, self.config.max_queue, first)
+
+    def _venvs_in_use(self) -> set[str]:
+        """Called by the venv builder under its lock, after uploads' pins: the registry is up to date then."""
+        with self._lock:
+            return {meta.venv for meta in self.registry.all()} | {item[1] for item in self._retiring}
+
+    def _version_folders(self) -> set[Path]:
+        """Folders that live versions and unfinished old pools run from. The caller holds `_lock`."""
+        return {item[2] for item in self._retiring} | {self._retire(live)[2] for live in self._live.values()}
 
     def _retire(self, live: _Live) -> tuple[Pool, str, Path]:
         return live.pool, live.meta.venv, self._folder(live.meta.name) / live.meta.version

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +143,11 @@ class VenvBuilder:
                                     pip_output=tail)
         (venv.path / _READY).write_text("\n".join(requirements) + "\n")
 
-    def remove_unused(self, used: set[str]) -> None:
+    def remove_unused(self, in_use: Callable[[], set[str]]) -> None:
+        """Remove venvs that are neither pinned by an upload nor in `in_use()`, asked under this lock so that
+        an upload that has just released its pin is already counted by its caller."""
         with self._lock:
+            used = in_use()
             for path in self.root.iterdir():
                 if path.name not in used and path.name not in self._pins and path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
