@@ -94,7 +94,9 @@ def test_requirements_keep_plain_lines_and_drop_comments() -> None:
 
 
 @pytest.mark.parametrize("line", ["-r other.txt", "--extra-index-url x", "-e git+https://x/y", "./pkg", "/abs",
-                                  "file:///etc", "pkg @ https://x/y.whl", "https://x/y.whl", "C:\\pkg"])
+                                  "file:///etc", "pkg @ https://x/y.whl", "https://x/y.whl", "C:\\pkg",
+                                  "six; python_version>'0' --global-option=--foo",
+                                  "six ; python_version>'0' --config-settings=x=y"])
 def test_requirements_reject_options_paths_and_urls(line: str) -> None:
     with pytest.raises(FaasError) as info:
         parse_requirements(line)

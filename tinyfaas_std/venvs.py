@@ -46,6 +46,9 @@ _REQUIREMENT = re.compile(
 )
 
 
+_OPTION = re.compile(r"(?:^|\s)-")  # pip reads options anywhere on a line, even after a marker
+
+
 def parse_requirements(text: str) -> list[str]:
     """Normalised requirement lines, or 422/413 naming the line that breaks the policy."""
     if len(text.encode()) > MAX_REQUIREMENTS_BYTES:
@@ -55,7 +58,7 @@ def parse_requirements(text: str) -> list[str]:
         line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not line:
             continue
-        if not _REQUIREMENT.fullmatch(line) or "/" in line.split(";", 1)[0]:
+        if not _REQUIREMENT.fullmatch(line) or "/" in line.split(";", 1)[0] or _OPTION.search(line):
             raise Unprocessable(f"requirements line {number} is not a plain requirement: {line[:200]!r} "
                                 "(options, paths and URLs are not allowed)", code="requirements_rejected",
                                 line=number)
