@@ -31,7 +31,7 @@ OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr kept per call; the rest is
 MAX_RESULT_BYTES = 6 * 1024 * 1024  # an answer larger than this is an error (AWS Lambda's limit is 6 MB too)
 WATCHDOG_INTERVAL = 1.0  # seconds between checks that the server is still our parent
 MAX_DEPTH = 64          # the same bound the server puts on arguments
-MAX_INT_DIGITS = 1000   # likewise
+MAX_INT_DIGITS = 4300   # likewise (CPython's own int/str conversion guard)
 
 _LEN = struct.Struct("!I")
 _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode

@@ -32,7 +32,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +179,8 @@ class FunctionManager:
     # -- calls -------------------------------------------------------------------------------------------------
 
     def invoke(self, name: str, body: bytes) -> Answer:
-        with self._call_slot():
+        self._enter_call()
+        try:
             call = parse_invocation(body)
             live = self._get(name)
             call_id, start = self._ids.next(), time.time()
@@ -195,6 +195,8 @@ class FunctionManager:
             status, main, extra = self._execute(live.pool, worker, call)
             end = self._record(live, call, call_id, start, status, main, extra)
             return _answer(call_id, status, main, end - start)
+        finally:
+            self._leave_call()
 
     def _acquire(self, live: _Live) -> tuple[Worker, _Live]:
         """A worker of the function's current version. A call that raced with a replacement follows it."""
@@ -231,19 +233,17 @@ class FunctionManager:
                         status != "ok")
         return end
 
-    @contextlib.contextmanager
-    def _call_slot(self) -> Iterator[None]:
+    def _enter_call(self) -> None:
         with self._lock:
             if self._closing:
                 raise ServiceUnavailable("the server is shutting down", code="shutting_down", close=True)
             self._inflight += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._inflight -= 1
-                if not self._inflight:
-                    self._quiet.notify_all()
+
+    def _leave_call(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if not self._inflight and self._closing:
+                self._quiet.notify_all()
 
     # -- upkeep ------------------------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from .errors import (BadRequest, FaasError, HeaderFieldsTooLarge, InternalError,
                      MethodNotAllowed, NotFound, NotImplementedHttp, PayloadTooLarge, RequestTimeout,
                      UnsupportedMediaType, UriTooLong)
 from .faas import FunctionManager
+from .sockets import set_timeouts
 from .status import Sampler
 
 __all__ = ["Server", "Handler", "ROUTES"]
@@ -145,13 +146,13 @@ def _invoke(server: Server, _: http11.RequestHead, name: str, body: bytes) -> Re
 
 # (method, path pattern, route, body limit attribute on Config or None for "no body expected")
 ROUTES: list[tuple[str, re.Pattern[str], Route, str | None]] = [
+    ("POST", re.compile(r"/function/([^/]+)"), _invoke, "max_body_bytes"),  # first: the hot path
     ("POST", re.compile(r"/admin/upload"), _upload, "max_upload_bytes"),
     ("GET", re.compile(r"/admin/functions"), _list, None),
     ("GET", re.compile(r"/admin/functions/([^/]+)"), _describe, None),
     ("DELETE", re.compile(r"/admin/functions/([^/]+)"), _delete, None),
     ("GET", re.compile(r"/admin/logs/([^/]+)"), _logs, None),
     ("GET", re.compile(r"/admin/status"), _status, None),
-    ("POST", re.compile(r"/function/([^/]+)"), _invoke, "max_body_bytes"),
 ]
 
 
@@ -196,6 +197,8 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self._buf = bytearray()
+        # A recv that waits --client-timeout fails; the deadline of a whole head or body is checked after each.
+        set_timeouts(self.connection, self.server.config.client_timeout)
 
     def handle(self) -> None:
         self.close_connection = False
@@ -265,16 +268,15 @@ class Handler(BaseHTTPRequestHandler):
     # -- socket I/O: the only place that touches the connection ----------------------------------------------
 
     def _recv(self, deadline: float) -> bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        self.connection.settimeout(remaining)
         try:
-            return self.connection.recv(_RECV)
-        except TimeoutError:
-            raise
+            data = self.connection.recv(_RECV)
+        except BlockingIOError:  # SO_RCVTIMEO expired: the client stalled for --client-timeout
+            raise TimeoutError from None
         except OSError:
             raise _ClientGone from None
+        if data and time.monotonic() > deadline:
+            raise TimeoutError  # bytes keep trickling in, but too slowly
+        return data
 
     def _read_head(self, deadline: float) -> bytes | None:
         buf, start = self._buf, 0

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import TooManyRequests
+from .sockets import set_timeouts
 
 __all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "PoolClosed", "WORKER_SCRIPT",
            "MAX_RESULT_BYTES", "OUTPUT_CAP"]
@@ -73,7 +74,7 @@ class Worker:
         finally:
             theirs.close()
         self.sock = ours
-        self.sock.settimeout(timeout)
+        set_timeouts(ours, timeout)
         self._timeout = timeout
         self.pid = self.proc.pid
         self.last_used = time.monotonic()
@@ -113,7 +114,7 @@ class Worker:
             if len(data) == 4 + size:
                 return data[4:]
             return self._receive_rest(data, size, deadline)
-        except TimeoutError:
+        except (BlockingIOError, WorkerTimeout):  # SO_RCVTIMEO expired, or the deadline passed
             self.kill()
             raise WorkerTimeout from None
         except (WorkerDied, OSError):
@@ -125,15 +126,13 @@ class Worker:
         got = len(data) - 4
         buf[:got] = data[4:]
         view = memoryview(buf)
-        try:
-            while got < size:
-                self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                n = self.sock.recv_into(view[got:])
-                if not n:
-                    raise WorkerDied
-                got += n
-        finally:
-            self.sock.settimeout(self._timeout)
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if not n:
+                raise WorkerDied
+            if time.monotonic() > deadline:
+                raise WorkerTimeout
+            got += n
         return bytes(buf)
 
     def salvage_output(self) -> bytes:
