@@ -30,7 +30,7 @@ from . import http11, multipart
 from .auth import Authenticator
 from .config import Config
 from .errors import (BadRequest, FaasError, HeaderFieldsTooLarge, InternalError, LengthRequired,
-                     MethodNotAllowed, NotFound, NotImplementedHttp, PayloadTooLarge, RequestTimeout,
+                     MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout,
                      UnsupportedMediaType, UriTooLong)
 from .faas import FunctionManager
 from .sockets import set_timeouts
@@ -243,27 +243,26 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
+        self._authenticate(req)
+        route, param, limit_name = _route(req.method, req.path)
+        limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
+        if limit_name == "max_upload_bytes" and req.content_length is None and not req.chunked:
+            raise LengthRequired("an upload needs a Content-Length", code="length_required")
+        if (req.content_length or 0) > limit:
+            raise PayloadTooLarge(f"the body is {req.content_length} bytes; the limit here is {limit}", limit=limit)
+        if req.expect_continue and self._body_pending:
+            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = self._read_chunked(limit) if req.chunked else self._read_body(req.content_length or 0)
+        self._body_pending = False
+        return route(self.server, req, param, body)
+
+    def _authenticate(self, req: http11.RequestHead) -> None:
         try:
             self.server.auth.check(req.headers.get("authorization"))
         except FaasError:
             log.warning("failed authentication from %s for %s %s", self.client_address[0], req.method,
                         escape(req.target[:200]))
             raise
-        if req.chunked:
-            raise NotImplementedHttp("chunked request bodies are not supported; send Content-Length",
-                                     code="chunked_not_supported")
-        route, param, limit_name = _route(req.method, req.path)
-        limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
-        if limit_name == "max_upload_bytes" and req.content_length is None:
-            raise LengthRequired("an upload needs a Content-Length", code="length_required")
-        length = req.content_length or 0
-        if length > limit:
-            raise PayloadTooLarge(f"the body is {length} bytes; the limit here is {limit}", limit=limit)
-        if req.expect_continue and length:
-            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = self._read_body(length)
-        self._body_pending = False
-        return route(self.server, req, param, body)
 
     # -- socket I/O: the only place that touches the connection ----------------------------------------------
 
@@ -318,6 +317,21 @@ class Handler(BaseHTTPRequestHandler):
         body = bytes(buf[:length])
         del buf[:length]
         return body
+
+    def _read_chunked(self, limit: int) -> bytes:
+        deadline = time.monotonic() + self.server.config.client_timeout + limit / MIN_BODY_RATE
+        decoder = http11.ChunkedDecoder(limit)
+        rest = decoder.feed(bytes(self._buf))
+        while not decoder.done:
+            try:
+                chunk = self._recv(deadline)
+            except TimeoutError:
+                raise RequestTimeout("the chunked body did not arrive in time") from None
+            if not chunk:
+                raise BadRequest("the connection closed inside a chunked body", code="short_body", close=True)
+            rest = decoder.feed(chunk)
+        self._buf[:] = rest  # the start of the next pipelined request
+        return decoder.body()
 
     def _error_reply(self, exc: FaasError) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         if exc.status >= 500 and exc.status != 503:
