@@ -254,3 +254,44 @@ def test_chunked_without_credentials_is_401_and_unknown_names_are_404(server: Se
     assert raw.startswith(b"HTTP/1.1 401 ")
     assert server.request("DELETE", "/admin/functions/a.b").status == 404
     assert server.request("GET", "/admin/functions/a.b").status == 404
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"POST /function/quick HTTP/1.1\r\nContent-Length: +1\r\n", 400),
+    (b"POST /function/quick HTTP/1.1\r\nContent-Length: 0_1\r\n", 400),
+    (b"POST /function/quick HTTP/1.1\r\nContent-Length: \xd9\xa1\r\n", 400),
+    (b"POST /function/quick HTTP/1.1\r\nContent-Length: -1\r\n", 400),
+    (b"POST /function/quick HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n", 400),
+    (b"POST /function/quick HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n", 400),
+    (b"GET /admin/functions HTTP/1.1\r\nHost: a\r\nHost: b\r\n", 400),
+    (b"GET /admin/functions HTTP/1.1\r\nX: a\r\n folded\r\n", 400),
+    (b"GET /admin/functions HTTP/1.1\r\nX: a\x00b\r\n", 400),
+    (b"GET /admin/functions HTTP/1.1\r\nBad Name: a\r\n", 400),
+    (b"GET /admin/functions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz", 400),
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n", 414),
+    (b"GET /admin/functions HTTP/1.1\r\n" + b"X: y\r\n" * 200, 431),
+])
+def test_broken_framing_is_a_4xx_and_closes_even_with_credentials(server: Server, head: bytes, status: int) -> None:
+    request = head.replace(b"\r\n", b"\r\nAuthorization: " + AUTH.encode() + b"\r\n", 1)
+    if not request.endswith(b"zz"):
+        request += b"\r\n"
+    answer = raw_exchange(server.port, request + b"[]GET /admin/functions HTTP/1.1\r\n\r\n", timeout=3)
+    assert answer.startswith(b"HTTP/1.1 %d " % status)
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer  # nothing smuggled after it
+    assert server.request("GET", "/admin/functions").status == 200
+
+
+def test_a_body_shorter_than_announced_is_a_400_not_a_hang(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /function/quick HTTP/1.1\r\nAuthorization: " + AUTH.encode()
+                     + b"\r\nContent-Length: 10\r\n\r\n[1]")
+        sock.shutdown(socket.SHUT_WR)
+        start = time.monotonic()
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+        assert time.monotonic() - start < 2
+
+
+def test_two_authorization_headers_are_a_401(server: Server) -> None:
+    answer = raw_exchange(server.port, b"GET /admin/functions HTTP/1.1\r\nAuthorization: " + AUTH.encode()
+                          + b"\r\nAuthorization: " + AUTH.encode() + b"\r\n\r\n", timeout=2)
+    assert answer.startswith(b"HTTP/1.1 401 ")
