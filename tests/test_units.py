@@ -103,6 +103,22 @@ def test_requirements_reject_options_paths_and_urls(line: str) -> None:
     assert info.value.status == 422
 
 
+def test_requirements_are_bounded_in_size_and_lines() -> None:
+    with pytest.raises(FaasError) as info:
+        parse_requirements("x" * (64 * 1024 + 1))
+    assert info.value.status == 413
+    with pytest.raises(FaasError) as info:
+        parse_requirements("\n".join(f"pkg{i}" for i in range(201)))
+    assert info.value.status == 422
+    assert len(parse_requirements("\n".join(f"pkg{i}" for i in range(200)))) == 200
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "a/../../b", "/abs"])
+def test_log_folders_stay_inside_the_log_root(tmp_path, name: str) -> None:
+    with pytest.raises(ValueError):
+        LogStore(tmp_path / "logs", retention=0).open(name)
+
+
 # -- the log store ---------------------------------------------------------------------------------------------
 
 def _record(i: int, status: str = "ok") -> bytes:

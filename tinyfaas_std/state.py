@@ -234,10 +234,16 @@ class LogStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def open(self, name: str) -> FunctionLog:
-        return FunctionLog(self._root / name, self._retention)
+        return FunctionLog(self._folder(name), self._retention)
 
     def remove(self, name: str) -> None:
-        shutil.rmtree(self._root / name, ignore_errors=True)
+        shutil.rmtree(self._folder(name), ignore_errors=True)
+
+    def _folder(self, name: str) -> Path:
+        folder = self._root / name
+        if folder.resolve().parent != self._root.resolve():  # containment, whatever the caller validated
+            raise ValueError(f"not a log folder name: {name!r}")
+        return folder
 
 
 def _parses(line: bytes) -> bool:
