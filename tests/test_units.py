@@ -12,8 +12,8 @@ from hypothesis import given, strategies as st
 from fuzzing import fuzz
 
 from tinyfaas_std.auth import Authenticator, parse_basic_auth
-from tinyfaas_std.bodies import MAX_DEPTH, parse_invocation
-from tinyfaas_std.errors import BadRequest, FaasError, Unauthorized
+from tinyfaas_std.bodies import MAX_DEPTH, BadBody, parse_invocation
+from tinyfaas_std.errors import FaasError, Unauthorized
 from tinyfaas_std.state import FunctionMeta, LogStore, Registry, encode_record
 from tinyfaas_std.venvs import parse_requirements
 
@@ -64,23 +64,25 @@ def test_fuzz_basic_auth_parser_raises_only_unauthorized(value: str | None) -> N
 def test_invocation_shapes(body: bytes, args: list, kwargs: dict) -> None:
     call = parse_invocation(body)
     assert call.args == args and call.kwargs == kwargs
-    assert json.loads(call.args_json) == args and call.args_json.isascii()  # lone surrogates stay escaped
+    fragment = call.fragment()
+    assert json.loads(b"{" + fragment + b"}") == {"args": args, "kwargs": kwargs}
+    assert fragment.isascii()  # lone surrogates stay escaped
 
 
 @pytest.mark.parametrize("body", [b"[NaN]", b"[Infinity]", b"[-Infinity]", b"[1" + b"0" * 5000 + b"]",
                                   b"[" * (MAX_DEPTH + 2) + b"]" * (MAX_DEPTH + 2), b"[" * 100000,
                                   b"\xc3\x28", b"null", b"1", b'{"args": {}}', b'{"kwargs": [1]}', b'{"x": 1}'])
 def test_invocation_rejects_with_400(body: bytes) -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadBody):
         parse_invocation(body)
 
 
 @fuzz(500)
 @given(st.binary(max_size=200))
-def test_fuzz_invocation_parser_raises_only_bad_request(body: bytes) -> None:
+def test_fuzz_invocation_parser_raises_only_bad_body(body: bytes) -> None:
     try:
         call = parse_invocation(body)
-    except BadRequest:
+    except BadBody:
         return
     assert isinstance(call.args, list) and isinstance(call.kwargs, dict)
 
@@ -122,9 +124,9 @@ def test_log_folders_stay_inside_the_log_root(tmp_path, name: str) -> None:
 # -- the log store ---------------------------------------------------------------------------------------------
 
 def _record(i: int, status: str = "ok") -> bytes:
-    outcome = b'"result":%d,"stdout":"","stderr":""' % i if status == "ok" else b'"error":{},"stdout":"","stderr":""'
+    outcome = b'"result":%d' % i if status == "ok" else b'"error":{}'
     return encode_record(id=f"00000000-0000-4000-8000-{i:012d}", status=status, function="f", start=1.0, end=2.0,
-                         args_json=f"[{i}]", kwargs_json="{}", outcome=outcome)
+                         rest=b'"args":[%d],"kwargs":{},"stdout":"","stderr":"",' % i + outcome)
 
 
 def test_log_store_appends_reads_newest_and_counts(tmp_path) -> None:
@@ -141,7 +143,7 @@ def test_log_store_appends_reads_newest_and_counts(tmp_path) -> None:
 def test_error_counts_are_not_fooled_by_arguments_that_look_like_a_status(tmp_path) -> None:
     log = LogStore(tmp_path, retention=0).open("f")
     line = encode_record(id="00000000-0000-4000-8000-000000000000", status="error", function="f", start=1.0,
-                         end=2.0, args_json='[{"status":"ok"}]', kwargs_json="{}", outcome=b'"error":{}')
+                         end=2.0, rest=b'"args":[{"status":"ok"}],"kwargs":{},"error":{}')
     log.append(line, is_error=True)
     log.close()
     assert LogStore(tmp_path, retention=0).open("f").counts() == (1, 1)

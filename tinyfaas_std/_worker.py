@@ -7,10 +7,12 @@ end of a socketpair), never over stdout, so whatever the function prints cannot 
 Frames, both ways: a 4-byte big-endian length, then the payload.
 - First, worker -> server, the hello: `o` if `func.py` imported and has a callable `main`, else `e` + a JSON
   object `{"type", "message", "line", "traceback"}`.
-- Server -> worker, a call: the JSON text `[args, kwargs]`.
-- Worker -> server, its answer: `o` or `e`, a 4-byte length, then the result (or the error object) as JSON, then a
-  JSON object fragment without braces holding `stdout`, `stderr` and their `*_truncated` flags. The server splices
-  these bytes into its response and the log record without decoding them.
+- Server -> worker, a call: the request body exactly as the client sent it. The worker parses it (with the
+  server's own `bodies.py`, loaded by path), so the server's one busy process never decodes it.
+- Worker -> server, its answer: `o` (main returned), `e` (main raised) or `b` (the body is not an invocation),
+  a 4-byte length, then the result, the error object or `{"code", "message"}` as JSON; for `o`/`e` a JSON object
+  fragment without braces follows, holding `args`, `kwargs`, `stdout`, `stderr` and the `*_truncated` flags. The
+  server splices these bytes into its response and the log record without decoding them.
 What the call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each, and also
 written through to the files `<out>`/`<err>`, so that the server can still report it when the call times out or
 the process dies. A watchdog thread ends the worker's process group if the server goes away (even by SIGKILL).
@@ -30,8 +32,6 @@ import traceback
 OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr kept per call; the rest is counted, not stored
 MAX_RESULT_BYTES = 6 * 1024 * 1024  # an answer larger than this is an error (AWS Lambda's limit is 6 MB too)
 WATCHDOG_INTERVAL = 1.0  # seconds between checks that the server is still our parent
-MAX_DEPTH = 64          # the same bound the server puts on arguments
-MAX_INT_DIGITS = 4300   # likewise (CPython's own int/str conversion guard)
 
 _LEN = struct.Struct("!I")
 _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
@@ -76,17 +76,15 @@ class _Capture:
         return "".join(self.parts)
 
 
-def _check(value, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise ValueError(f"the result is nested deeper than {MAX_DEPTH} levels")
+def _depth(value, limit: int, depth: int = 0) -> None:
+    if depth > limit:
+        raise ValueError(f"the result is nested deeper than {limit} levels")
     if isinstance(value, (list, tuple)):
         for item in value:
-            _check(item, depth + 1)
+            _depth(item, limit, depth + 1)
     elif isinstance(value, dict):
         for item in value.values():
-            _check(item, depth + 1)
-    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_DIGITS * 3.33:
-        raise ValueError(f"the result has an integer of more than {MAX_INT_DIGITS} digits")
+            _depth(item, limit, depth + 1)
 
 
 def _error(exc: BaseException, skip_frames: int = 1) -> dict:
@@ -109,6 +107,15 @@ def _recv_exactly(rfile, n: int) -> bytes:
     return data
 
 
+def _load_bodies():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bodies.py")
+    spec = importlib.util.spec_from_file_location("_tinyfaas_bodies", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _load(path: str):
     spec = importlib.util.spec_from_file_location("func", path)
     module = importlib.util.module_from_spec(spec)
@@ -120,15 +127,20 @@ def _load(path: str):
     return main
 
 
-def _call(main, request: bytes, out: _Capture, err: _Capture) -> bytes:
+def _call(main, bodies, request: bytes, out: _Capture, err: _Capture) -> bytes:
+    try:
+        call = bodies.parse_invocation(request)
+    except bodies.BadBody as exc:
+        body = _encode({"code": exc.code, "message": str(exc)}).encode()
+        return b"b" + _LEN.pack(len(body)) + body
     out.reset()
     err.reset()
     sys.stdout, sys.stderr = out, err
     try:
-        args, kwargs = json.loads(request)
-        result = main(*args, **kwargs)
-        _check(result)
-        status, body = b"o", _encode(result)
+        result = main(*call.args, **call.kwargs)
+        status, body = b"o", _encode(result)  # NaN, sets, huge ints (CPython's digit guard) raise here
+        if body.count("[") + body.count("{") > bodies.MAX_DEPTH:  # results obey the arguments' rules
+            _depth(result, bodies.MAX_DEPTH)
         if len(body) > MAX_RESULT_BYTES:
             raise ValueError(f"the result is {len(body)} bytes of JSON; the limit is {MAX_RESULT_BYTES}")
     except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
@@ -138,7 +150,7 @@ def _call(main, request: bytes, out: _Capture, err: _Capture) -> bytes:
     extra = _encode({"stdout": out.value(), "stderr": err.value(),
                      "stdout_truncated": out.truncated, "stderr_truncated": err.truncated})[1:-1]
     body = body.encode()
-    return status + _LEN.pack(len(body)) + body + extra.encode()
+    return status + _LEN.pack(len(body)) + body + call.fragment() + b"," + extra.encode()
 
 
 def _watchdog(parent: int) -> None:
@@ -157,6 +169,7 @@ def main() -> None:
         import resource
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    bodies = _load_bodies()
     sys.path.insert(0, os.path.dirname(path))
     try:
         fn = _load(path)
@@ -177,7 +190,7 @@ def main() -> None:
             request = _recv_exactly(rfile, _LEN.unpack(header)[0])
         except (EOFError, ConnectionError):
             return  # the server closed the channel: stop quietly
-        _send(sock, _call(fn, request, out, err))
+        _send(sock, _call(fn, bodies, request, out, err))
 
 
 if __name__ == "__main__":

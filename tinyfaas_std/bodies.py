@@ -3,7 +3,11 @@
 Accepted shapes (SPEC section 5): empty (no arguments), a JSON array (`main(*array)`), or a JSON object with
 optional `args` (array) and `kwargs` (object). JSON is read strictly: UTF-8 only, no NaN/Infinity, nesting and
 integer size bounded, so what reaches a function (and its log record) is JSON any other tool can read back.
-Every rejection is `BadRequest`; nothing else escapes.
+Every rejection is `BadBody` (a `ValueError`); nothing else escapes.
+
+This module runs in two places: the worker loads it by path inside the function's venv (the server forwards the
+raw body and never decodes it on the hot path), and the server uses it to describe a call whose worker died
+before answering. So it imports the standard library only, nothing from `tinyfaas_std`.
 """
 
 from __future__ import annotations
@@ -12,18 +16,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest
-
-__all__ = ["Call", "parse_invocation", "loads_strict", "MAX_DEPTH", "MAX_INT_DIGITS"]
+__all__ = ["BadBody", "Call", "parse_invocation", "MAX_DEPTH", "MAX_INT_DIGITS"]
 
 MAX_DEPTH = 64          # arguments are data, not programs; deeper input is a mistake or an attack
 MAX_INT_DIGITS = 4300   # int() of huge literals is quadratic: CPython's own guard (sys.int_info) rejects more
 
-_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+class BadBody(ValueError):
+    """The body is not an invocation; `code` is the machine code of the 400 answer."""
+
+    def __init__(self, message: str, code: str = "bad_json") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _reject_constant(name: str) -> Any:
-    raise BadRequest(f"{name} is not valid JSON", code="bad_json")
+    raise BadBody(f"{name} is not valid JSON")
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
@@ -33,8 +43,11 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 class Call:
     args: list[Any]
     kwargs: dict[str, Any]
-    args_json: str
-    kwargs_json: str
+
+    def fragment(self) -> bytes:
+        """`"args":...,"kwargs":...` for the log record, ASCII only (lone surrogates stay escaped)."""
+        return b'"args":%s,"kwargs":%s' % ((encode(self.args) if self.args else "[]").encode(),
+                                            (encode(self.kwargs) if self.kwargs else "{}").encode())
 
 
 def _depth_ok(value: Any, depth: int) -> bool:
@@ -49,35 +62,34 @@ def _depth_ok(value: Any, depth: int) -> bool:
 
 def loads_strict(data: bytes) -> Any:
     try:
-        text = data.decode("utf-8")
-        value = _decoder.decode(text)  # integers past MAX_INT_DIGITS raise ValueError in int() itself
+        value = _decoder.decode(data.decode("utf-8"))  # integers past MAX_INT_DIGITS fail in int() itself
     except UnicodeDecodeError:
-        raise BadRequest("the body is not UTF-8", code="bad_json") from None
+        raise BadBody("the body is not UTF-8") from None
     except RecursionError:
-        raise BadRequest(f"JSON nested deeper than {MAX_DEPTH} levels", code="bad_json") from None
+        raise BadBody(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except BadBody:
+        raise
     except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="bad_json") from None
+        raise BadBody(f"the body is not valid JSON: {exc}") from None
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and not _depth_ok(value, 0):  # cheap test first
-        raise BadRequest(f"JSON nested deeper than {MAX_DEPTH} levels", code="bad_json")
+        raise BadBody(f"JSON nested deeper than {MAX_DEPTH} levels")
     return value
 
 
 def parse_invocation(body: bytes) -> Call:
     if not body.strip():
-        return Call([], {}, "[]", "{}")
+        return Call([], {})
     value = loads_strict(body)
     if isinstance(value, list):
-        args, kwargs = value, {}
-    elif isinstance(value, dict):
-        unknown = set(value) - {"args", "kwargs"}
-        if unknown:
-            raise BadRequest(f"unknown keys {sorted(unknown)}: use 'args' and 'kwargs'", code="bad_arguments")
-        args, kwargs = value.get("args", []), value.get("kwargs", {})
-        if not isinstance(args, list):
-            raise BadRequest("'args' must be a JSON array", code="bad_arguments")
-        if not isinstance(kwargs, dict):
-            raise BadRequest("'kwargs' must be a JSON object", code="bad_arguments")
-    else:
-        raise BadRequest("the body must be empty, a JSON array, or an object with 'args'/'kwargs'",
-                         code="bad_arguments")
-    return Call(args, kwargs, _encode(args) if args else "[]", _encode(kwargs) if kwargs else "{}")
+        return Call(value, {})
+    if not isinstance(value, dict):
+        raise BadBody("the body must be empty, a JSON array, or an object with 'args'/'kwargs'", "bad_arguments")
+    unknown = set(value) - {"args", "kwargs"}
+    if unknown:
+        raise BadBody(f"unknown keys {sorted(unknown)}: use 'args' and 'kwargs'", "bad_arguments")
+    args, kwargs = value.get("args", []), value.get("kwargs", {})
+    if not isinstance(args, list):
+        raise BadBody("'args' must be a JSON array", "bad_arguments")
+    if not isinstance(kwargs, dict):
+        raise BadBody("'kwargs' must be a JSON object", "bad_arguments")
+    return Call(args, kwargs)

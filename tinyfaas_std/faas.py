@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .bodies import Call, parse_invocation
+from .bodies import BadBody, parse_invocation
 from .config import Config
 from .errors import BadRequest, FaasError, NotFound, ServiceUnavailable, Unprocessable, WorkerCrashed
 from .state import FunctionLog, FunctionMeta, LogStore, Registry, encode_record
@@ -48,6 +48,7 @@ __all__ = ["FunctionManager", "Answer", "Lifecycle", "NAME_PATTERN", "check_name
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # ASCII only: names become folder names
 MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a single-file function; more is data that belongs elsewhere
 _NO_OUTPUT = b'"stdout":"","stderr":""'
+_KINDS = {b"o": "ok", b"e": "error", b"b": "bad"}  # the worker's answer kinds (see _worker.py)
 
 
 class Lifecycle(enum.Enum):
@@ -179,21 +180,25 @@ class FunctionManager:
     # -- calls -------------------------------------------------------------------------------------------------
 
     def invoke(self, name: str, body: bytes) -> Answer:
+        """Run `main` with the arguments in `body` (forwarded as it came; the worker parses it)."""
         self._enter_call()
         try:
-            call = parse_invocation(body)
             live = self._get(name)
             call_id, start = self._ids.next(), time.time()
             try:
                 worker, live = self._acquire(live)
             except FaasError as exc:
                 if exc.status in (429, 502):  # the call was made and failed: it belongs in the log
-                    status = "crashed" if exc.status == 502 else "error"
                     error = b'{"type":"%s","message":%s}' % (type(exc).__name__.encode(), _quote(exc.message))
-                    self._record(live, call, call_id, start, status, error, _NO_OUTPUT)
+                    self._record(live, call_id, start, "crashed" if exc.status == 502 else "error",
+                                 _describe(body) + b"," + _NO_OUTPUT + b',"error":' + error)
                 raise
-            status, main, extra = self._execute(live.pool, worker, call)
-            end = self._record(live, call, call_id, start, status, main, extra)
+            status, main, rest = self._execute(live.pool, worker, body)
+            if status == "bad":
+                info = json.loads(main)
+                raise BadRequest(info["message"], code=info["code"])
+            end = self._record(live, call_id, start, status,
+                               rest + (b',"result":' if status == "ok" else b',"error":') + main)
             return _answer(call_id, status, main, end - start)
         finally:
             self._leave_call()
@@ -206,31 +211,27 @@ class FunctionManager:
             except PoolClosed:
                 live = self._get(live.meta.name)
 
-    def _execute(self, pool: Pool, worker: Worker, call: Call) -> tuple[str, bytes, bytes]:
+    def _execute(self, pool: Pool, worker: Worker, body: bytes) -> tuple[str, bytes, bytes]:
         healthy = False
         try:
-            ok, main, extra = worker.call(b"[%s,%s]" % (call.args_json.encode(), call.kwargs_json.encode()))
+            kind, main, rest = worker.call(body)
             healthy = True
-            return ("ok" if ok else "error"), main, extra
+            return _KINDS[kind], main, rest
         except WorkerTimeout:
             message = f"the function ran past its {self.config.timeout:g} s timeout; its worker was killed"
             return "timeout", b'{"type":"Timeout","message":%s,"traceback":""}' % _quote(message), \
-                worker.salvage_output()
+                _describe(body) + b"," + worker.salvage_output()
         except WorkerDied:
-            code = worker.proc.poll()
-            message = f"the function's process exited or was killed (exit status {code})"
+            message = f"the function's process exited or was killed (exit status {worker.proc.poll()})"
             return "crashed", b'{"type":"WorkerDied","message":%s,"traceback":""}' % _quote(message), \
-                worker.salvage_output()
+                _describe(body) + b"," + worker.salvage_output()
         finally:
             pool.release(worker, healthy)
 
-    def _record(self, live: _Live, call: Call, call_id: str, start: float, status: str, main: bytes,
-                extra: bytes) -> float:
+    def _record(self, live: _Live, call_id: str, start: float, status: str, rest: bytes) -> float:
         end = time.time()
-        outcome = (b'"result":' if status == "ok" else b'"error":') + main + b"," + extra
         live.log.append(encode_record(id=call_id, status=status, function=live.meta.name, start=start, end=end,
-                                      args_json=call.args_json, kwargs_json=call.kwargs_json, outcome=outcome),
-                        status != "ok")
+                                      rest=rest), status != "ok")
         return end
 
     def _enter_call(self) -> None:
@@ -421,6 +422,14 @@ def _rejected(info: dict[str, Any]) -> Unprocessable:
     where = f" at line {info['line']}" if info.get("line") else ""
     return Unprocessable(f"func.py failed to load{where}: {info.get('type')}: {info.get('message')}",
                          code="function_rejected", line=info.get("line"), traceback=info.get("traceback", ""))
+
+
+def _describe(body: bytes) -> bytes:
+    """`"args"`/`"kwargs"` of a call whose worker died before describing it; parsed only on this rare path."""
+    try:
+        return parse_invocation(body).fragment()
+    except BadBody:
+        return b'"args":null,"kwargs":null'
 
 
 def _quote(text: str) -> bytes:

@@ -97,13 +97,12 @@ class Registry:
         atomic_write(self._path, json.dumps(doc, indent=1).encode())
 
 
-def encode_record(*, id: str, status: str, function: str, start: float, end: float, args_json: str,
-                  kwargs_json: str, outcome: bytes) -> bytes:
-    """One log line. `outcome` is a JSON object fragment without braces: `"result":...` or `"error":{...}`,
-    then `"stdout"`, `"stderr"` and their flags, already encoded by the worker (spliced, not re-encoded)."""
+def encode_record(*, id: str, status: str, function: str, start: float, end: float, rest: bytes) -> bytes:
+    """One log line. `rest` is a JSON object fragment without braces, already encoded by the worker (spliced,
+    not re-encoded): `"args"`, `"kwargs"`, `"stdout"`, `"stderr"` and their flags, `"result"` or `"error"`."""
     head = (f'{{"id":"{id}","status":"{status}","function":"{function}","start":{start:.6f},"end":{end:.6f},'
-            f'"duration":{end - start:.6f},"args":{args_json},"kwargs":{kwargs_json},')
-    return head.encode() + outcome + b"}\n"
+            f'"duration":{end - start:.6f},')
+    return head.encode() + rest + b"}\n"
 
 
 class FunctionLog:

@@ -88,8 +88,8 @@ class Worker:
             self.close()
             raise StartFailed(json.loads(hello[1:]))
 
-    def call(self, payload: bytes) -> tuple[bool, bytes, bytes]:
-        """Run one call: (ok, result-or-error JSON, stdout/stderr JSON fragment)."""
+    def call(self, payload: bytes) -> tuple[bytes, bytes, bytes]:
+        """Run one call: (kind `o`/`e`/`b`, result or error JSON, record fragment); see `_worker.py`."""
         try:
             self.sock.sendall(_LEN.pack(len(payload)) + payload)
         except OSError:
@@ -97,7 +97,7 @@ class Worker:
             raise WorkerDied from None
         answer = self._receive()
         (size,) = _LEN.unpack_from(answer, 1)
-        return answer[:1] == b"o", answer[5:5 + size], answer[5 + size:]
+        return answer[:1], answer[5:5 + size], answer[5 + size:]
 
     def _receive(self) -> bytes:
         """One frame. Almost always a single recv; a large answer is read into a buffer of its announced size."""
