@@ -13,8 +13,10 @@ before answering. So it imports the standard library only, nothing from `tinyfaa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the worker imports this module too: keep its start-up (and memory) small
+    from typing import Any
 
 __all__ = ["BadBody", "Call", "parse_invocation", "MAX_DEPTH", "MAX_INT_DIGITS"]
 
@@ -39,10 +41,14 @@ def _reject_constant(name: str) -> Any:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-@dataclass(frozen=True, slots=True)
 class Call:
-    args: list[Any]
-    kwargs: dict[str, Any]
+    """The arguments of one call. (A plain class: `dataclasses` would cost every worker ~1 MB of imports.)"""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.args = args
+        self.kwargs = kwargs
 
     def fragment(self) -> bytes:
         """`"args":...,"kwargs":...` for the log record, ASCII only (lone surrogates stay escaped)."""

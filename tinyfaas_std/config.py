@@ -33,7 +33,7 @@ class Config:
     client_timeout: float = 30.0
     memory_mb: int = 512
     max_workers: int = 4
-    max_queue: int = 64
+    max_queue: int = 1024  # a waiting call is only a blocked connection thread; 256 connections must fit
     idle_timeout: float = 300.0
     pip_timeout: float = 300.0
     grace: float = 10.0

@@ -21,7 +21,6 @@ bytes from the worker and are spliced into the answer and the record, never deco
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import json
@@ -111,7 +110,6 @@ class FunctionManager:
         self._lock = threading.Lock()  # guards the dicts and lists below and the in-flight count
         self._live: dict[str, _Live] = {}
         self._retiring: list[tuple[Pool, str, Path]] = []  # replaced or deleted: (pool, venv key, version)
-        self._building: set[Path] = set()  # version folders of uploads in progress
         self._states: dict[str, Lifecycle] = {}
         self._name_locks: dict[str, threading.Lock] = {}
         self._inflight = 0
@@ -154,9 +152,7 @@ class FunctionManager:
                 raise
             self._activate(meta, worker)
             self._move(name, Lifecycle.READY)
-            with self._lock:
-                self._building.discard(self._folder(name) / meta.version)
-        self.collect_garbage()
+        self.collect_garbage([name])
         return {"name": name, "status": "ready", "created": not existed, "requirements": requirements,
                 "build_seconds": round(time.monotonic() - began, 4)}
 
@@ -174,7 +170,7 @@ class FunctionManager:
             self.logs.remove(name)
             _remove_tree(self._folder(name))
             self._move(name, None)
-        self.collect_garbage()
+        self.collect_garbage([])
         return {"deleted": name}
 
     # -- calls -------------------------------------------------------------------------------------------------
@@ -259,20 +255,31 @@ class FunctionManager:
         for pool in pools:
             pool.reap_idle(self.config.idle_timeout)
 
-    def collect_garbage(self) -> None:
-        """Remove venvs and version folders that no live function and no unfinished old pool uses."""
+    def collect_garbage(self, names: list[str] | None = None) -> None:
+        """Remove venvs, and version folders of `names` (default: all), that no live function, upload in
+        progress or unfinished old pool uses."""
         with self._lock:
             self._retiring = [item for item in self._retiring if not item[0].drained]
         self.venvs.remove_unused(self._venvs_in_use)
-        for name in self.names():
-            for folder in self._folder(name).glob("v-*"):
-                with self._lock:  # checked under the lock that uploads take to start and to go live
-                    if folder in self._building or folder in self._version_folders():
-                        continue
-                    trash = folder.with_name(f".trash-{folder.name}")
-                    with contextlib.suppress(OSError):
-                        folder.rename(trash)
-                _remove_tree(trash)
+        for name in self.names() if names is None else names:
+            lock = self._name_lock(name)
+            if not lock.acquire(blocking=False):
+                continue  # an upload or delete is under way: its versions are in flux; next sweep
+            try:
+                self._collect_versions(name)
+            finally:
+                lock.release()
+
+    def _collect_versions(self, name: str) -> None:
+        """Under the name's lock, so no version of it can start building or go live meanwhile."""
+        with self._lock:
+            live = self._live.get(name)
+            keep = {folder for _, _, folder in self._retiring}
+            if live is not None:
+                keep.add(self._folder(name) / live.meta.version)
+        for folder in self._folder(name).glob("v-*"):
+            if folder not in keep:
+                _remove_tree(folder)
 
     def close(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
@@ -290,8 +297,6 @@ class FunctionManager:
 
     def _build(self, name: str, source: bytes, requirements: list[str]) -> tuple[FunctionMeta, Worker]:
         version = self._folder(name) / f"v-{uuid.uuid4().hex[:12]}"
-        with self._lock:
-            self._building.add(version)
         version.mkdir(parents=True)
         try:
             (version / "func.py").write_bytes(source)
@@ -314,8 +319,6 @@ class FunctionManager:
                     raise
         except BaseException:
             _remove_tree(version)
-            with self._lock:
-                self._building.discard(version)
             raise
         return meta, worker
 
@@ -351,10 +354,6 @@ class FunctionManager:
         """Called by the venv builder under its lock, after uploads' pins: the registry is up to date then."""
         with self._lock:
             return {meta.venv for meta in self.registry.all()} | {item[1] for item in self._retiring}
-
-    def _version_folders(self) -> set[Path]:
-        """Folders that live versions and unfinished old pools run from. The caller holds `_lock`."""
-        return {item[2] for item in self._retiring} | {self._retire(live)[2] for live in self._live.values()}
 
     def _retire(self, live: _Live) -> tuple[Pool, str, Path]:
         return live.pool, live.meta.venv, self._folder(live.meta.name) / live.meta.version

@@ -66,8 +66,9 @@ class Sampler:
                 if proc is None:
                     proc = self._workers[pid] = psutil.Process(pid)
                     proc.cpu_percent(None)
-                cpu += proc.cpu_percent(None)
-                mem += proc.memory_info().rss
+                with proc.oneshot():
+                    cpu += proc.cpu_percent(None)
+                    mem += proc.memory_info().rss
             except psutil.Error:  # the worker ended between listing and reading: it no longer counts
                 self._workers.pop(pid, None)
         vm = psutil.virtual_memory()
