@@ -17,6 +17,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# e.g. make bench BENCH_ARGS='--quick --json out.json'
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
