@@ -67,12 +67,11 @@ class Plan:
     log_records: int = 100_000     # logged calls of `add` before the "after" figures
     functions: int = 100           # trivial functions deployed on the idle-timeout server
     idle_wait: float = 8.0         # seconds before counting the workers again
-    budget: float = 150.0          # seconds for the whole run: the deploy of those functions stops in time for it
 
     @classmethod
     def quick(cls, rounds: int) -> Plan:
         return cls(load_seconds=1, short_seconds=1, rounds=rounds, soak_seconds=5, log_records=20_000,
-                   functions=20, budget=60.0)
+                   functions=20)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -644,15 +643,10 @@ def restart_rows(main: ServerFolder, times: int = 3) -> list[Row]:
 
 def many_functions_rows(folder: ServerFolder, plan: Plan) -> list[Row]:
     """Deploy `plan.functions` trivial functions on a server with --idle-timeout 5, call each once, and count
-    their workers right after and again after `plan.idle_wait` seconds. The deploy stops early if the run's time
-    budget would be overrun: then the figures cover the functions deployed so far, and the row names say so."""
+    their workers right after and again after `plan.idle_wait` seconds."""
     target = folder.start()
     uploads, first_calls = [], []
-    deadline = START + plan.budget - plan.idle_wait - POLL_SECONDS - 4  # 4 s: the calls and stopping the server
     for i in range(plan.functions):
-        if time.monotonic() > deadline:
-            log(f"time budget of {plan.budget:g} s: the deploy stops after {i} of {plan.functions} functions")
-            break
         uploads.append(upload(target.port, f"f{i:03d}", ADD_CODE))
     for i in range(len(uploads)):
         first_calls.append(call(target.port, f"f{i:03d}", [1, 2])[0])

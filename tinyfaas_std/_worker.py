@@ -19,7 +19,6 @@ the process dies. A watchdog thread ends the worker's process group if the serve
 """
 
 import importlib.util
-import json
 import os
 import signal
 import struct
@@ -32,7 +31,7 @@ MAX_RESULT_BYTES = 6 * 1024 * 1024  # an answer larger than this is an error (AW
 WATCHDOG_INTERVAL = 1.0  # seconds between checks that the server is still our parent
 
 _LEN = struct.Struct("!I")
-_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+_NO_OUTPUT = b'"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false'
 
 
 class _Capture:
@@ -133,26 +132,29 @@ def _call(main, bodies, request: bytes, out: _Capture, err: _Capture) -> bytes:
     try:
         call = bodies.parse_invocation(request)
     except bodies.BadBody as exc:
-        body = _encode({"code": exc.code, "message": str(exc)}).encode()
+        body = bodies.encode({"code": exc.code, "message": str(exc)}).encode()
         return b"b" + _LEN.pack(len(body)) + body
     out.reset()
     err.reset()
     sys.stdout, sys.stderr = out, err
     try:
         result = main(*call.args, **call.kwargs)
-        status, body = b"o", _encode(result)  # NaN, sets, huge ints (CPython's digit guard) raise here
+        status, body = b"o", bodies.encode(result)  # NaN, sets, huge ints (CPython's digit guard) raise here
         if body.count("[") + body.count("{") > bodies.MAX_DEPTH:  # results obey the arguments' rules
             _depth(result, bodies.MAX_DEPTH)
         if len(body) > MAX_RESULT_BYTES:
             raise ValueError(f"the result is {len(body)} bytes of JSON; the limit is {MAX_RESULT_BYTES}")
     except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
-        status, body = b"e", _encode(_error(exc))
+        status, body = b"e", bodies.encode(_error(exc))
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    extra = _encode({"stdout": out.value(), "stderr": err.value(),
-                     "stdout_truncated": out.truncated, "stderr_truncated": err.truncated})[1:-1]
+    if out.kept or out.truncated or err.kept or err.truncated:
+        output = bodies.encode({"stdout": out.value(), "stderr": err.value(), "stdout_truncated": out.truncated,
+                                "stderr_truncated": err.truncated})[1:-1].encode()
+    else:
+        output = _NO_OUTPUT
     body = body.encode()
-    return status + _LEN.pack(len(body)) + body + call.fragment() + b"," + extra.encode()
+    return b"".join((status, _LEN.pack(len(body)), body, call.fragment(), b",", output))
 
 
 def _watchdog(parent: int) -> None:
@@ -184,7 +186,7 @@ def main() -> None:
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
             line = frames[-1].lineno if frames else None
         info["line"] = line
-        _send(fd, b"e" + _encode(info).encode())
+        _send(fd, b"e" + bodies.encode(info).encode())
         return
     _send(fd, b"o")
     rfile = open(fd, "rb", buffering=65536, closefd=False)  # plain fd I/O: the socket module costs ~0.6 MB

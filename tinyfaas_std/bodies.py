@@ -23,7 +23,21 @@ __all__ = ["BadBody", "Call", "parse_invocation", "MAX_DEPTH", "MAX_INT_DIGITS"]
 MAX_DEPTH = 64          # arguments are data, not programs; deeper input is a mistake or an attack
 MAX_INT_DIGITS = 4300   # int() of huge literals is quadratic: CPython's own guard (sys.int_info) rejects more
 
-encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+def _unserialisable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json.dumps builds a new C encoder on every call; this one is built once. Compact, ASCII-only (so lone
+# surrogates stay escaped), no NaN/Infinity. Without a markers dict a cyclic value ends in RecursionError.
+_iterencode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _unserialisable, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+
+
+def encode(value: object) -> str:
+    """Compact ASCII JSON; raises ValueError (NaN), TypeError (not JSON) or RecursionError (too deep, cyclic)."""
+    return "".join(_iterencode(value, 0))
 
 
 class BadBody(ValueError):

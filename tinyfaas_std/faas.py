@@ -21,6 +21,7 @@ bytes from the worker and are spliced into the answer and the record, never deco
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import json
@@ -107,13 +108,12 @@ class FunctionManager:
         shutil.rmtree(self._capture_dir, ignore_errors=True)
         self._capture_dir.mkdir()
         self._ids = _Ids()
-        self._lock = threading.Lock()  # guards the dicts and lists below and the in-flight count
+        self._lock = threading.Lock()  # guards the dicts and lists below
         self._live: dict[str, _Live] = {}
         self._retiring: list[tuple[Pool, str, Path]] = []  # replaced or deleted: (pool, venv key, version)
         self._states: dict[str, Lifecycle] = {}
         self._name_locks: dict[str, threading.Lock] = {}
-        self._inflight = 0
-        self._quiet = threading.Condition(self._lock)
+        self._calls: collections.deque[None] = collections.deque()  # one entry per call in flight
         self._closing = False
         for meta in self.registry.all():
             self._live[meta.name] = _Live(meta, self._new_pool(meta), self.logs.open(meta.name))
@@ -231,16 +231,15 @@ class FunctionManager:
         return end
 
     def _enter_call(self) -> None:
-        with self._lock:
-            if self._closing:
-                raise ServiceUnavailable("the server is shutting down", code="shutting_down", close=True)
-            self._inflight += 1
+        # A deque as the in-flight count: append/pop are atomic, so calls take no lock. Counted first and
+        # checked second, so close() (which sets the flag first, then waits for the count) misses none.
+        self._calls.append(None)
+        if self._closing:
+            self._calls.pop()
+            raise ServiceUnavailable("the server is shutting down", code="shutting_down", close=True)
 
     def _leave_call(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            if not self._inflight and self._closing:
-                self._quiet.notify_all()
+        self._calls.pop()
 
     # -- upkeep ------------------------------------------------------------------------------------------------
 
@@ -283,9 +282,11 @@ class FunctionManager:
 
     def close(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
+        self._closing = True
+        deadline = time.monotonic() + grace
+        while self._calls and time.monotonic() < deadline:
+            time.sleep(0.02)
         with self._lock:
-            self._closing = True
-            self._quiet.wait_for(lambda: self._inflight == 0, timeout=grace)
             pools = [live.pool for live in self._live.values()] + [item[0] for item in self._retiring]
         for pool in pools:
             pool.kill_all()

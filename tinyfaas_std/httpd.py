@@ -42,7 +42,8 @@ log = logging.getLogger("tinyfaas_std")
 
 MAX_SMALL_BODY = 64 * 1024    # routes that take no body still read (and drop) this much to keep framing in step
 MIN_BODY_RATE = 64 * 1024     # bytes/s a client must sustain while sending a body, beyond --client-timeout
-_RECV = 64 * 1024
+_RECV = 16 * 1024          # a typical request whole in one recv; below malloc's mmap threshold
+_RECV_BULK = 1024 * 1024   # per recv while a large body is still due
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -266,9 +267,9 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- socket I/O: the only place that touches the connection ----------------------------------------------
 
-    def _recv(self, deadline: float) -> bytes:
+    def _recv(self, deadline: float, size: int = _RECV) -> bytes:
         try:
-            data = self.connection.recv(_RECV)
+            data = self.connection.recv(size)
         except BlockingIOError:  # SO_RCVTIMEO expired: the client stalled for --client-timeout
             raise TimeoutError from None
         except OSError:
@@ -307,7 +308,7 @@ class Handler(BaseHTTPRequestHandler):
         buf = self._buf
         while len(buf) < length:
             try:
-                chunk = self._recv(deadline)
+                chunk = self._recv(deadline, min(max(length - len(buf), _RECV), _RECV_BULK))
             except TimeoutError:
                 raise RequestTimeout("the request body did not arrive in time") from None
             if not chunk:

@@ -39,7 +39,7 @@ OUTPUT_CAP = 64 * 1024   # characters of stdout/stderr kept per call (the worker
 MAX_RESULT_BYTES = 6 * 1024 * 1024  # like AWS Lambda's synchronous response limit; the worker enforces it
 MAX_FRAME = MAX_RESULT_BYTES + 2 * 6 * OUTPUT_CAP + 4096  # result + escaped output + framing; past it: broken
 _LEN = struct.Struct("!I")
-_RECV = 256 * 1024  # one recv of this size holds almost every answer whole
+_RECV = 16 * 1024   # holds almost every answer whole, and stays below malloc's mmap threshold (no mmap per call)
 
 
 class WorkerDied(Exception):
