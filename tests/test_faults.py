@@ -295,3 +295,63 @@ def test_two_authorization_headers_are_a_401(server: Server) -> None:
     answer = raw_exchange(server.port, b"GET /admin/functions HTTP/1.1\r\nAuthorization: " + AUTH.encode()
                           + b"\r\nAuthorization: " + AUTH.encode() + b"\r\n\r\n", timeout=2)
     assert answer.startswith(b"HTTP/1.1 401 ")
+
+
+def test_a_function_that_forges_a_frame_kills_only_its_worker(server: Server) -> None:
+    src = ("import os, struct, sys\n\ndef main(forge):\n    if forge:\n"
+           "        fake = b'o' + struct.pack('!I', 2) + b'42' + b'\"args\":[],\"kwargs\":{}'\n"
+           "        os.write(int(sys.argv[1]), struct.pack('!II', len(fake), 999) + fake)\n"
+           "    return 'real'\n")
+    assert server.upload("forger", src).status == 200
+    resp = server.call("forger", [True])
+    assert resp.status == 502
+    for _ in range(3):  # the channel never runs one answer behind
+        assert server.call("forger", [False]).json["result"] == "real"
+    for line in next((server.root / "data" / "logs" / "forger").glob("*.jsonl")).read_bytes().splitlines():
+        json.loads(line)
+
+
+def test_a_capture_file_swapped_for_a_fifo_cannot_hang_the_server(server: Server) -> None:
+    src = "import os, sys\n\ndef main():\n    os.unlink(sys.argv[4])\n    os.mkfifo(sys.argv[4])\n    os._exit(3)\n"
+    assert server.upload("fifo", src).status == 200
+    start = time.monotonic()
+    assert server.call("fifo").status == 502
+    assert time.monotonic() - start < 5
+    assert server.request("GET", "/admin/functions").status == 200
+
+
+def test_a_function_that_changes_its_arguments_is_logged_with_what_was_sent(server: Server) -> None:
+    src = "def main(d):\n    d['s'] = {1}\n    d['self'] = d\n    return 'fine'\n"
+    assert server.upload("mutator", src).status == 200
+    resp = server.call("mutator", [{"a": 1}])
+    assert resp.status == 200 and resp.json["result"] == "fine"
+    assert server.request("GET", "/admin/logs/mutator?limit=1").json[0]["args"] == [{"a": 1}]
+
+
+def test_large_non_ascii_arguments_fit_the_channel(server: Server) -> None:
+    assert server.upload("measure", "def main(s):\n    return len(s)\n").status == 200
+    body = json.dumps(["é" * (1024 * 1024)], ensure_ascii=False).encode()  # 2 MiB as UTF-8, 6 MiB escaped
+    resp = server.request("POST", "/function/measure", body)
+    assert resp.status == 200 and resp.json["result"] == 1024 * 1024
+
+
+def test_an_exit_that_leaves_a_child_behind_is_a_502_at_once(server: Server) -> None:
+    src = "import os, subprocess\n\ndef main():\n    subprocess.Popen(['sleep', '20'])\n    os._exit(4)\n"
+    assert server.upload("orphaner", src).status == 200
+    start = time.monotonic()
+    assert server.call("orphaner").status == 502
+    assert time.monotonic() - start < 1.5  # not the 2 s timeout of this module's server
+
+
+def test_calls_queued_at_shutdown_get_an_answer(tmp_path_factory, wheels) -> None:
+    server = Server(tmp_path_factory.mktemp("srv"), wheels, ["--max-workers", "1", "--grace", "0.5"]).start()
+    assert server.upload("slow", "import time\ndef main():\n    time.sleep(3)\n").status == 200
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(server.call, "slow")
+        time.sleep(0.3)
+        queued = pool.submit(server.call, "slow")
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        statuses = {first.result(timeout=20).status, queued.result(timeout=20).status}
+    assert statuses <= {502, 503} and 503 in statuses
+    assert server.proc.wait(20) == 0

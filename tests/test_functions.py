@@ -256,3 +256,9 @@ def test_what_a_call_printed_before_a_timeout_or_crash_is_in_its_record(server: 
     records = server.request("GET", "/admin/logs/lastwords").json
     assert [(r["status"], r["stdout"]) for r in records] == [("crashed", "before crash\n"),
                                                              ("timeout", "before hang\n")]
+
+
+def test_answers_of_every_small_length_pass_the_frame_checks(server: Server) -> None:
+    assert server.upload("lengths", "def main(n):\n    return 'x' * n\n").status == 200
+    for n in range(0, 300):  # the frame's length bytes take every value, LF and CR included
+        assert server.call("lengths", [n]).json["result"] == "x" * n

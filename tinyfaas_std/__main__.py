@@ -16,6 +16,7 @@ from .status import Sampler
 
 log = logging.getLogger("tinyfaas_std")
 
+ANSWER_GRACE = 2.0  # seconds for answers to calls that ended at shutdown (their workers stopped) to go out
 JANITOR_INTERVAL = 5.0  # seconds between sweeps: idle workers, drained old versions, unused venvs
 
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         server.serve_forever(poll_interval=0.2)
     finally:
         manager.close(config.grace)
+        server.wait_idle(ANSWER_GRACE)
         sampler.stop()
         server.server_close()
         log.info("stopped")

@@ -4,7 +4,8 @@ Started by the server as `<venv>/bin/python -I _worker.py <fd> <func.py> <memory
 must use the standard library only and import nothing from `tinyfaas_std`. It talks to the server over the socket `<fd>` (one
 end of a socketpair), never over stdout, so whatever the function prints cannot corrupt the channel.
 
-Frames, both ways: a 4-byte big-endian length, then the payload.
+Frames, both ways: a 4-byte big-endian payload length, the 4-byte sequence number of the call (0 for the hello;
+an answer repeats its call's, so a stray frame can never pass for an answer), then the payload.
 - First, worker -> server, the hello: `o` if `func.py` imported and has a callable `main`, else `e` + a JSON
   object `{"type", "message", "line", "traceback"}`.
 - Server -> worker, a call: the request body exactly as the client sent it. The worker parses it (with the
@@ -30,6 +31,7 @@ OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr kept per call; the rest is
 MAX_RESULT_BYTES = 6 * 1024 * 1024  # an answer larger than this is an error (AWS Lambda's limit is 6 MB too)
 WATCHDOG_INTERVAL = 1.0  # seconds between checks that the server is still our parent
 
+_HEAD = struct.Struct("!II")
 _LEN = struct.Struct("!I")
 _NO_OUTPUT = b'"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false'
 
@@ -95,8 +97,8 @@ def _error(exc: BaseException, skip_frames: int = 1) -> dict:
     return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
 
 
-def _send(fd: int, payload: bytes) -> None:
-    data = memoryview(_LEN.pack(len(payload)) + payload)
+def _send(fd: int, seq: int, payload: bytes) -> None:
+    data = memoryview(_HEAD.pack(len(payload), seq) + payload)
     while data:
         data = data[os.write(fd, data):]
 
@@ -134,6 +136,7 @@ def _call(main, bodies, request: bytes, out: _Capture, err: _Capture) -> bytes:
     except bodies.BadBody as exc:
         body = bodies.encode({"code": exc.code, "message": str(exc)}).encode()
         return b"b" + _LEN.pack(len(body)) + body
+    fragment = call.fragment()  # before main runs: what was sent, even if main changes its arguments
     out.reset()
     err.reset()
     sys.stdout, sys.stderr = out, err
@@ -154,7 +157,7 @@ def _call(main, bodies, request: bytes, out: _Capture, err: _Capture) -> bytes:
     else:
         output = _NO_OUTPUT
     body = body.encode()
-    return b"".join((status, _LEN.pack(len(body)), body, call.fragment(), b",", output))
+    return b"".join((status, _LEN.pack(len(body)), body, fragment, b",", output))
 
 
 def _watchdog(parent: int) -> None:
@@ -166,6 +169,7 @@ def _watchdog(parent: int) -> None:
 
 def main() -> None:
     fd, path, memory_mb = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    os.set_inheritable(fd, False)  # a child the function leaves behind must not hold the channel open
     out, err = _Capture(sys.argv[4]), _Capture(sys.argv[5])
     threading.Thread(target=_watchdog, args=(os.getppid(),), daemon=True).start()
 
@@ -186,19 +190,19 @@ def main() -> None:
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
             line = frames[-1].lineno if frames else None
         info["line"] = line
-        _send(fd, b"e" + bodies.encode(info).encode())
+        _send(fd, 0, b"e" + bodies.encode(info).encode())
         return
-    _send(fd, b"o")
+    _send(fd, 0, b"o")
     rfile = open(fd, "rb", buffering=65536, closefd=False)  # plain fd I/O: the socket module costs ~0.6 MB
     while True:
         try:
-            header = _recv_exactly(rfile, 4)
-            request = _recv_exactly(rfile, _LEN.unpack(header)[0])
+            size, seq = _HEAD.unpack(_recv_exactly(rfile, _HEAD.size))
+            request = _recv_exactly(rfile, size)
         except (EOFError, ConnectionError):
             return  # the server closed the channel: stop quietly
         answer = _call(fn, bodies, request, out, err)
         try:
-            _send(fd, answer)
+            _send(fd, seq, answer)
         except OSError:
             return  # the server went away mid-answer
 

@@ -87,9 +87,12 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         except ValueError:
             parser.error(f"TINYFAAS_{name.upper()}: invalid {kind.__name__} value {raw!r}")
     config = Config(**values)
-    for name in ("timeout", "client_timeout", "max_upload_mb", "max_body_mb"):
-        if getattr(config, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("timeout", "client_timeout", "max_upload_mb", "max_body_mb", "idle_timeout", "pip_timeout"):
+        value = getattr(config, name)
+        if not (0 < value < 1e9):  # also refuses nan and inf
+            parser.error(f"--{name.replace('_', '-')} must be a positive number of reasonable size")
+    if not 0 <= config.grace < 1e9:
+        parser.error("--grace must be a number of seconds >= 0")
     if config.max_workers < 1 or config.log_retention < 0 or config.max_queue < 0:
         parser.error("--max-workers must be >= 1, --log-retention and --max-queue >= 0")
     return config

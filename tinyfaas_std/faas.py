@@ -47,7 +47,7 @@ __all__ = ["FunctionManager", "Answer", "Lifecycle", "NAME_PATTERN", "check_name
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # ASCII only: names become folder names
 MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a single-file function; more is data that belongs elsewhere
-_NO_OUTPUT = b'"stdout":"","stderr":""'
+_NO_OUTPUT = b'"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false'
 _KINDS = {b"o": "ok", b"e": "error", b"b": "bad"}  # the worker's answer kinds (see _worker.py)
 
 
@@ -185,14 +185,11 @@ class FunctionManager:
                 worker, live = self._acquire(live)
             except FaasError as exc:
                 if exc.status in (429, 502):  # the call was made and failed: it belongs in the log
-                    error = b'{"type":"%s","message":%s}' % (type(exc).__name__.encode(), _quote(exc.message))
-                    self._record(live, call_id, start, "crashed" if exc.status == 502 else "error",
-                                 _describe(body) + b"," + _NO_OUTPUT + b',"error":' + error)
+                    self._record_refusal(live, call_id, start, body, exc)
                 raise
             status, main, rest = self._execute(live.pool, worker, body)
             if status == "bad":
-                info = json.loads(main)
-                raise BadRequest(info["message"], code=info["code"])
+                raise _bad_body(main)
             end = self._record(live, call_id, start, status,
                                rest + (b',"result":' if status == "ok" else b',"error":') + main)
             return _answer(call_id, status, main, end - start)
@@ -205,6 +202,9 @@ class FunctionManager:
             try:
                 return live.pool.acquire(wait=self.config.timeout), live
             except PoolClosed:
+                if self._closing:
+                    raise ServiceUnavailable("the server is shutting down", code="shutting_down",
+                                             close=True) from None
                 live = self._get(live.meta.name)
 
     def _execute(self, pool: Pool, worker: Worker, body: bytes) -> tuple[str, bytes, bytes]:
@@ -223,6 +223,17 @@ class FunctionManager:
                 _describe(body) + b"," + worker.salvage_output()
         finally:
             pool.release(worker, healthy)
+
+    def _record_refusal(self, live: _Live, call_id: str, start: float, body: bytes, exc: FaasError) -> None:
+        """A call that got no worker (429) or whose worker could not start (502). Its body was not parsed by a
+        worker, so it is parsed here: a bad one is the 400 it would have been."""
+        try:
+            args = parse_invocation(body).fragment()
+        except BadBody as bad:
+            raise BadRequest(str(bad), code=bad.code) from None
+        error = b'{"type":"%s","message":%s}' % (type(exc).__name__.encode(), _quote(exc.message))
+        self._record(live, call_id, start, "crashed" if exc.status == 502 else "error",
+                     args + b"," + _NO_OUTPUT + b',"error":' + error)
 
     def _record(self, live: _Live, call_id: str, start: float, status: str, rest: bytes) -> float:
         end = time.time()
@@ -336,8 +347,9 @@ class FunctionManager:
         self._link(meta)
 
     def _launch(self, venv: Venv, version: Path) -> Worker:
-        return Worker(venv.python, version / "func.py", self.config.memory_mb, self.config.timeout,
-                      self._capture_dir)
+        return Worker(venv.python, version / "func.py", memory_mb=self.config.memory_mb,
+                      timeout=self.config.timeout, max_body=self.config.max_body_bytes,
+                      capture_dir=self._capture_dir)
 
     def _new_pool(self, meta: FunctionMeta, first: Worker | None = None) -> Pool:
         venv, version = self.venvs.get(meta.venv), self._folder(meta.name) / meta.version
@@ -354,7 +366,8 @@ class FunctionManager:
     def _venvs_in_use(self) -> set[str]:
         """Called by the venv builder under its lock, after uploads' pins: the registry is up to date then."""
         with self._lock:
-            return {meta.venv for meta in self.registry.all()} | {item[1] for item in self._retiring}
+            live = {item.meta.venv for item in self._live.values()} | {item[1] for item in self._retiring}
+        return live | {meta.venv for meta in self.registry.all()}
 
     def _retire(self, live: _Live) -> tuple[Pool, str, Path]:
         return live.pool, live.meta.venv, self._folder(live.meta.name) / live.meta.version
@@ -430,6 +443,15 @@ def _describe(body: bytes) -> bytes:
         return parse_invocation(body).fragment()
     except BadBody:
         return b'"args":null,"kwargs":null'
+
+
+def _bad_body(main: bytes) -> FaasError:
+    """The worker's `{"code", "message"}` for a body that is not an invocation, as the 400 it is."""
+    try:
+        info = json.loads(main)
+        return BadRequest(str(info["message"]), code=str(info["code"]))
+    except (ValueError, KeyError, TypeError):
+        return WorkerCrashed("the function's worker sent a malformed answer", code="function_crashed")
 
 
 def _quote(text: str) -> bytes:

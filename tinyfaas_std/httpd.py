@@ -13,6 +13,7 @@ connection's framing in doubt (or a body unread) close the connection after the 
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import re
@@ -184,7 +185,14 @@ class Server(ThreadingHTTPServer):
         self.manager = manager
         self.sampler = sampler
         self.auth = Authenticator(config.username, config.password)
+        self.active: collections.deque[None] = collections.deque()  # one entry per request being answered
         super().__init__(address, Handler)
+
+    def wait_idle(self, seconds: float) -> None:
+        """Wait up to `seconds` for the requests being answered to be written out."""
+        deadline = time.monotonic() + seconds
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.error("unhandled error serving %s:\n%s", client_address, traceback.format_exc())
@@ -220,7 +228,11 @@ class Handler(BaseHTTPRequestHandler):
         if head is None:
             self.close_connection = True
             return
-        self._send(*self._respond(head))
+        self.server.active.append(None)  # requests being answered: shutdown lets them finish writing
+        try:
+            self._send(*self._respond(head))
+        finally:
+            self.server.active.pop()
 
     def _respond(self, head: bytes) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         """The one error boundary: whatever happens, the client gets one JSON answer."""

@@ -16,6 +16,7 @@ __all__ = ["set_timeouts"]
 def set_timeouts(sock: socket.socket, seconds: float) -> None:
     """Blocking mode, with receive and send timeouts of `seconds`."""
     sock.settimeout(None)
+    seconds = max(seconds, 0.001)  # a zero timeval means "no timeout" to the kernel
     whole = int(seconds)
     timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)

@@ -18,6 +18,7 @@ import os
 import queue
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -37,7 +38,8 @@ WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
 KILL_GRACE = 0.5    # seconds a worker gets after SIGTERM before SIGKILL
 OUTPUT_CAP = 64 * 1024   # characters of stdout/stderr kept per call (the worker applies the same cap)
 MAX_RESULT_BYTES = 6 * 1024 * 1024  # like AWS Lambda's synchronous response limit; the worker enforces it
-MAX_FRAME = MAX_RESULT_BYTES + 2 * 6 * OUTPUT_CAP + 4096  # result + escaped output + framing; past it: broken
+TRANSFER_GRACE = 10.0  # seconds per recv while a large answer is arriving (the call itself has ended)
+_HEAD = struct.Struct("!II")  # every frame: payload length, call sequence number (see _worker.py)
 _LEN = struct.Struct("!I")
 _RECV = 16 * 1024   # holds almost every answer whole, and stays below malloc's mmap threshold (no mmap per call)
 
@@ -59,11 +61,18 @@ class StartFailed(Exception):
 
 
 class Worker:
-    """One warm process of a function. `call` is used by one thread at a time (the pool lends it out)."""
+    """One warm process of a function. `call` is used by one thread at a time (the pool lends it out).
 
-    def __init__(self, python: Path, func_path: Path, memory_mb: int, timeout: float, capture_dir: Path) -> None:
+    The function runs in the same process as the loop that answers, so it could write to the channel itself.
+    Every answer is therefore checked before it is trusted: the sequence number of its call, a known kind, the
+    announced length exactly, no line breaks (the bytes are spliced into a JSON-lines log). Anything else is a
+    dead worker."""
+
+    def __init__(self, python: Path, func_path: Path, *, memory_mb: int, timeout: float, max_body: int,
+                 capture_dir: Path) -> None:
         token = uuid.uuid4().hex
         self._capture = (capture_dir / f"{token}.out", capture_dir / f"{token}.err")
+        self._max_frame = MAX_RESULT_BYTES + 6 * max_body + 12 * OUTPUT_CAP + 4096  # \uXXXX escapes: 6x at most
         ours, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
@@ -78,72 +87,93 @@ class Worker:
         self._timeout = timeout
         self.pid = self.proc.pid
         self.last_used = time.monotonic()
+        self._seq = 0  # calls so far; the hello carries 0
         try:
             hello = self._receive()
-        except (WorkerDied, WorkerTimeout):
+            info = None if hello == b"o" else json.loads(hello[1:])
+        except (WorkerDied, WorkerTimeout, ValueError):
             self.close()
             raise StartFailed({"type": "WorkerDied", "message": "the worker exited while importing func.py",
                                "line": None, "traceback": ""}) from None
-        if hello[:1] != b"o":
+        if info is not None:
             self.close()
-            raise StartFailed(json.loads(hello[1:]))
+            raise StartFailed(info if isinstance(info, dict) else {"message": str(info)})
 
     def call(self, payload: bytes) -> tuple[bytes, bytes, bytes]:
         """Run one call: (kind `o`/`e`/`b`, result or error JSON, record fragment); see `_worker.py`."""
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
         try:
-            self.sock.sendall(_LEN.pack(len(payload)) + payload)
+            self.sock.sendall(_HEAD.pack(len(payload), self._seq) + payload)
         except OSError:
             self.kill()
             raise WorkerDied from None
         answer = self._receive()
+        kind = answer[:1]
+        if len(answer) < 5 or kind not in b"oeb" or answer.find(b"\n", 5) >= 0 or answer.find(b"\r", 5) >= 0:
+            self.kill()
+            raise WorkerDied
         (size,) = _LEN.unpack_from(answer, 1)
-        return answer[:1], answer[5:5 + size], answer[5 + size:]
+        if 5 + size > len(answer) or (kind == b"b") != (5 + size == len(answer)):
+            self.kill()
+            raise WorkerDied
+        return kind, answer[5:5 + size], answer[5 + size:]
 
     def _receive(self) -> bytes:
-        """One frame. Almost always a single recv; a large answer is read into a buffer of its announced size."""
-        deadline = time.monotonic() + self._timeout
+        """One frame of the current call. Almost always a single recv; a large answer is read into a buffer of
+        its announced size."""
         try:
             data = self.sock.recv(_RECV)
-            while 0 < len(data) < 4:
+            while 0 < len(data) < _HEAD.size:
                 data += self.sock.recv(_RECV)
             if not data:
                 raise WorkerDied
-            (size,) = _LEN.unpack_from(data)
-            if size > MAX_FRAME:
-                raise WorkerDied
-            if len(data) == 4 + size:
-                return data[4:]
-            return self._receive_rest(data, size, deadline)
-        except (BlockingIOError, WorkerTimeout):  # SO_RCVTIMEO expired, or the deadline passed
+            size, seq = _HEAD.unpack_from(data)
+            if seq != self._seq or size > self._max_frame or len(data) > _HEAD.size + size:
+                raise WorkerDied  # a stray frame, too large, or more than one: the channel is out of step
+            if len(data) < _HEAD.size + size:
+                data = self._receive_rest(data, size)
+            return data[_HEAD.size:]
+        except BlockingIOError:  # SO_RCVTIMEO expired: the function ran past --timeout
             self.kill()
             raise WorkerTimeout from None
         except (WorkerDied, OSError):
             self.kill()
             raise WorkerDied from None
 
-    def _receive_rest(self, data: bytes, size: int, deadline: float) -> bytes:
-        buf = bytearray(size)
-        got = len(data) - 4
-        buf[:got] = data[4:]
-        view = memoryview(buf)
-        while got < size:
-            n = self.sock.recv_into(view[got:])
-            if not n:
-                raise WorkerDied
-            if time.monotonic() > deadline:
-                raise WorkerTimeout
-            got += n
+    def _receive_rest(self, data: bytes, size: int) -> bytes:
+        """The rest of a large frame. The call is over once its first bytes arrive, so the transfer gets its own
+        time (TRANSFER_GRACE per recv), not what was left of the call's timeout."""
+        buf = bytearray(_HEAD.size + size)
+        buf[:len(data)] = data
+        view, got = memoryview(buf), len(data)
+        set_timeouts(self.sock, TRANSFER_GRACE)
+        try:
+            while got < _HEAD.size + size:
+                n = self.sock.recv_into(view[got:])
+                if not n:
+                    raise WorkerDied
+                got += n
+        except BlockingIOError:
+            raise WorkerDied from None  # a worker that stalls in the middle of its answer is broken
+        finally:
+            set_timeouts(self.sock, self._timeout)
         return bytes(buf)
 
     def salvage_output(self) -> bytes:
-        """What the call printed before its process died, from the capture files the worker writes through."""
+        """What the call printed before its process died, from the capture files the worker writes through.
+        Read without following links and only from regular files: the function could have replaced them."""
         texts = []
         for path in self._capture:
             try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    texts.append(f.read(OUTPUT_CAP + 1))
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
             except OSError:
                 texts.append("")
+                continue
+            try:
+                ok = stat.S_ISREG(os.fstat(fd).st_mode)
+                texts.append(os.read(fd, 4 * OUTPUT_CAP + 4).decode("utf-8", "replace") if ok else "")
+            finally:
+                os.close(fd)
         out, err = texts
         return json.dumps({"stdout": out[:OUTPUT_CAP], "stderr": err[:OUTPUT_CAP],
                            "stdout_truncated": len(out) > OUTPUT_CAP, "stderr_truncated": len(err) > OUTPUT_CAP},
@@ -257,14 +287,16 @@ class Pool:
             self._handoff.put(None)
 
     def release(self, worker: Worker, healthy: bool) -> None:
-        if healthy and not self._closed:
+        if healthy:
             worker.last_used = time.monotonic()
-            with self._lock:
-                if not self._waiting:
+            with self._lock:  # _closed is read under the lock close() sets it with: no worker slips past
+                keep, waiting = not self._closed, self._waiting
+                if keep and not waiting:
                     self._idle.append(worker)
                     return
-            self._handoff.put(worker)
-            return
+            if keep:
+                self._handoff.put(worker)
+                return
         with self._lock:
             self._all.discard(worker)
         worker.close()
