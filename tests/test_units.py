@@ -191,3 +191,17 @@ def test_registry_round_trips_and_writes_atomically(tmp_path) -> None:
     assert Registry(path).names() == ["b"]
     assert [p.name for p in tmp_path.iterdir()] == ["functions.json"]  # no temporary file left behind
     assert os.stat(path).st_size > 0
+
+
+def test_a_reopened_log_counts_old_segments_lazily_and_still_prunes(tmp_path) -> None:
+    log = LogStore(tmp_path, retention=10).open("f")
+    for i in range(15):
+        log.append(_record(i, "error" if i % 3 == 0 else "ok"), is_error=i % 3 == 0)
+    log.close()
+    log = LogStore(tmp_path, retention=10).open("f")
+    log.append(_record(15), is_error=False)  # opens only the newest segment
+    on_disk = [json.loads(line) for f in sorted((tmp_path / "f").glob("*.jsonl")) for line in f.read_bytes().splitlines()]
+    assert log.counts() == (10, sum(r["status"] == "error" for r in on_disk))  # errors of every kept segment
+    for i in range(16, 30):
+        log.append(_record(i), is_error=False)
+    assert [json.loads(x)["args"][0] for x in log.read()] == list(range(20, 30))

@@ -114,7 +114,7 @@ class FunctionLog:
         self.retention = retention
         self.per_segment = max(1, retention // 4) if retention else _DEFAULT_SEGMENT
         self.lock = threading.Lock()
-        self.segments: list[list[int]] = []  # [seq, records, errors], oldest first
+        self.segments: list[list[int]] = []  # [seq, records, errors], oldest first; -1: not counted yet
         self.size = 0                         # bytes in the newest segment
         self.fd = -1
         self.closed = False
@@ -123,21 +123,25 @@ class FunctionLog:
         return self.folder / f"{seq:012d}.jsonl"
 
     def _open(self) -> None:
+        """Only the newest segment is read here (its torn tail cut, its lines counted), so the first call after
+        a restart costs the same however long the history; older segments are counted when first needed."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        seqs = sorted(int(p.stem) for p in self.folder.glob("*.jsonl") if p.stem.isdigit())
-        for seq in seqs:
-            data = self._path(seq).read_bytes()
-            if seq == seqs[-1] and data and not data.endswith(b"\n"):
-                data = data[: data.rfind(b"\n") + 1]  # cut a torn last line so appends start clean
-                os.truncate(self._path(seq), len(data))
-            lines = data.splitlines()
-            errors = sum(1 for line in lines if line[_STATUS_AT:_STATUS_AT + 3] != b'ok"')
-            self.segments.append([seq, len(lines), errors])
-            self.size = len(data)
-        if not self.segments:
-            self.segments.append([1, 0, 0])
-            self.size = 0
-        self.fd = os.open(self._path(self.segments[-1][0]), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        seqs = sorted(int(p.stem) for p in self.folder.glob("*.jsonl") if p.stem.isdigit()) or [1]
+        self.segments = [[seq, -1, -1] for seq in seqs]
+        newest = self._path(seqs[-1])
+        data = newest.read_bytes() if newest.exists() else b""
+        if data and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]  # cut a torn last line so appends start clean
+            os.truncate(newest, len(data))
+        self.segments[-1][1] = data.count(b"\n")
+        self.size = len(data)
+        self.fd = os.open(newest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _count(self, segment: list[int]) -> None:
+        """Records and errors of a segment, from its file (relies on encode_record's fixed prefix)."""
+        lines = self._path(segment[0]).read_bytes().splitlines()
+        segment[1] = len(lines)
+        segment[2] = sum(1 for line in lines if line[_STATUS_AT:_STATUS_AT + 3] != b'ok"')
 
     def append(self, line: bytes, is_error: bool) -> None:
         with self.lock:
@@ -150,7 +154,8 @@ class FunctionLog:
             os.write(self.fd, line)
             newest = self.segments[-1]
             newest[1] += 1
-            newest[2] += is_error
+            if newest[2] >= 0:
+                newest[2] += is_error
             self.size += len(line)
 
     def _roll(self) -> None:
@@ -160,6 +165,9 @@ class FunctionLog:
         self.segments.append([seq, 0, 0])
         self.size = 0
         if self.retention:
+            for segment in self.segments:
+                if segment[1] < 0:
+                    self._count(segment)
             while sum(s[1] for s in self.segments) - self.segments[0][1] >= self.retention:
                 os.unlink(self._path(self.segments.pop(0)[0]))
 
@@ -189,6 +197,9 @@ class FunctionLog:
         with self.lock:
             if self.fd < 0 and not self.closed:
                 self._open()
+            for segment in self.segments:
+                if segment[2] < 0:
+                    self._count(segment)
             records = sum(s[1] for s in self.segments)
             errors = sum(s[2] for s in self.segments)
         if self.retention and records > self.retention:
