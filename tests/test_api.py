@@ -61,6 +61,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(server: Server) -> No
         for i in range(20):
             resp = server.request("POST", "/function/add", json.dumps([i, 1]), conn=conn)
             assert resp.status == 200 and resp.json["result"] == i + 1
+            assert resp.raw.endswith(b"}\n")  # one line for curl; Content-Length counts the newline
         assert server.request("GET", "/admin/functions", conn=conn).json == ["add"]
     finally:
         conn.close()

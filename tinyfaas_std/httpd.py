@@ -353,15 +353,16 @@ class Handler(BaseHTTPRequestHandler):
             tuple(exc.headers.items())
 
     def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
+        """Head and body in one write. Every body ends in a newline, so curl output ends its line."""
         if status == 200 and not headers and not self.close_connection:  # the hot path: one format, one write
-            self.connection.sendall(b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body))
+            self.connection.sendall(b"%s%d\r\n\r\n%s\n" % (_OK_HEAD, len(body) + 1, body))
             return
         lines = [f"HTTP/1.1 {status} {_reason(status)}", "Content-Type: application/json",
-                 f"Content-Length: {len(body)}"]
+                 f"Content-Length: {len(body) + 1}"]
         lines += [f"{name}: {value}" for name, value in headers]
         if self.close_connection:
             lines.append("Connection: close")
-        self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body + b"\n")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.info("%s %s", self.client_address[0], escape(format % args))
