@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    host, port = server.server_address[:2]
+    host, port = server.socket.getsockname()[:2]
     print(f"tinyfaas_std serving on http://{host}:{port} ({len(manager.names())} functions)", flush=True)
     if config.password == DEFAULT_PASSWORD and not _is_loopback(config.host):
         log.warning("the default password is in use on a non-loopback address: set --password or "

@@ -110,21 +110,22 @@ def _recv_exactly(rfile, n: int) -> bytes:
     return data
 
 
-def _load_bodies():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bodies.py")
-    spec = importlib.util.spec_from_file_location("_tinyfaas_bodies", path)
+def _import(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
+def _load_bodies():
+    return _import("_tinyfaas_bodies", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bodies.py"))
+
+
 def _load(path: str):
-    spec = importlib.util.spec_from_file_location("func", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["func"] = module
-    spec.loader.exec_module(module)
-    main = getattr(module, "main", None)
+    main = getattr(_import("func", path), "main", None)
     if not callable(main):
         raise TypeError("func.py defines no callable main()")
     return main
