@@ -14,7 +14,7 @@ __all__ = [
     "FaasError", "BadRequest", "Unauthorized", "NotFound", "MethodNotAllowed", "RequestTimeout",
     "LengthRequired", "PayloadTooLarge", "UriTooLong", "UnsupportedMediaType", "Unprocessable",
     "TooManyRequests", "HeaderFieldsTooLarge", "InternalError", "NotImplementedHttp", "WorkerCrashed",
-    "ServiceUnavailable", "FunctionTimeout", "VersionNotSupported",
+    "ServiceUnavailable",
 ]
 
 
@@ -106,11 +106,3 @@ class WorkerCrashed(FaasError):
 
 class ServiceUnavailable(FaasError):
     status, code = 503, "shutting_down"
-
-
-class FunctionTimeout(FaasError):
-    status, code = 504, "function_timeout"
-
-
-class VersionNotSupported(FaasError):
-    status, code, close = 505, "http_version_not_supported", True
