@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,17 @@ class Config:
     idle_timeout: float = 300.0
     pip_timeout: float = 300.0
     grace: float = 10.0
+    uid_range: str = "200000-299999"  # per-function uids when the server runs as root (SPEC 9)
+    max_processes: int = 64     # processes (and threads) per function's uid; enforced only as root
+    max_file_mb: int = 1024     # largest file a worker may write, MiB (RLIMIT_FSIZE)
+    log_retention_mb: float = 100.0  # bytes of log kept per function on disk, MiB (0: no byte bound)
+    max_connections: int = 1024  # connections served at once; the next one gets 503 and is closed
+
+    @property
+    def uids(self) -> range:
+        """`--uid-range` as a range of uids, checked by `parse_config`."""
+        low, _, high = self.uid_range.partition("-")
+        return range(int(low), int(high) + 1)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -66,6 +78,11 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "idle_timeout": (float, "seconds an idle worker is kept warm"),
     "pip_timeout": (float, "seconds pip may take to install a function's requirements (422 past it)"),
     "grace": (float, "seconds in-flight calls get to finish on SIGTERM"),
+    "uid_range": (str, "uids (and gids) given to functions, one each, when the server runs as root"),
+    "max_processes": (int, "processes and threads a function may run at once (as root: RLIMIT_NPROC of its uid)"),
+    "max_file_mb": (int, "largest file a worker may write, MiB"),
+    "log_retention_mb": (float, "bytes of log kept per function on disk, MiB (0: no byte bound)"),
+    "max_connections": (int, "connections served at once; the next one gets 503"),
 }
 
 
@@ -95,4 +112,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         parser.error("--grace must be a number of seconds >= 0")
     if config.max_workers < 1 or config.log_retention < 0 or config.max_queue < 0:
         parser.error("--max-workers must be >= 1, --log-retention and --max-queue >= 0")
+    if config.max_processes < 1 or config.max_file_mb < 1 or config.max_connections < 1:
+        parser.error("--max-processes, --max-file-mb and --max-connections must be >= 1")
+    if not 0 <= config.log_retention_mb < 1e9:
+        parser.error("--log-retention-mb must be a number of MiB >= 0")
+    if not re.fullmatch(r"[0-9]{1,10}-[0-9]{1,10}", config.uid_range) or not (
+            1000 <= config.uids.start < config.uids.stop <= 2**32 - 2):
+        parser.error("--uid-range must be LOW-HIGH with 1000 <= LOW <= HIGH < 4294967295")
     return config
