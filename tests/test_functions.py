@@ -123,7 +123,7 @@ def test_64_concurrent_calls_get_64_distinct_ids_all_logged(server: Server) -> N
 
 
 def test_calls_to_one_function_run_in_parallel_workers(server: Server) -> None:
-    src = "import os, time\n\ndef main():\n    time.sleep(0.5)\n    return os.getpid()\n"
+    src = "import time, uuid\nTOKEN = uuid.uuid4().hex  # one per worker process (pids repeat across PID namespaces)\n\ndef main():\n    time.sleep(0.5)\n    return TOKEN\n"
     assert server.upload("wide", src).status == 200
     start = time.monotonic()
     with ThreadPoolExecutor(4) as pool:

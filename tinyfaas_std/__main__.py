@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     manager = FunctionManager(config)
-    sampler = Sampler(manager.worker_pids)
+    sampler = Sampler(manager.worker_pids, isolation=manager.sandbox.isolation.public())
     server = make_server(config, manager, sampler)
     stopping = threading.Event()
 
@@ -51,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     if config.password == DEFAULT_PASSWORD and not _is_loopback(config.host):
         log.warning("the default password is in use on a non-loopback address: set --password or "
                     "TINYFAAS_PASSWORD")
+    isolation = manager.sandbox.isolation
+    if isolation.per_function_user:
+        log.info("containment: each function under its own uid, in its own PID and mount namespaces")
+    else:
+        log.warning("containment: the server is not root, so functions run under its uid (%s); they could read "
+                    "its files and signal it where namespaces do not hide them. Run as root for a uid per "
+                    "function.", "namespaces hide data/ and the server" if isolation.process_tree == "pid-namespace"
+                    else "no namespaces are allowed here: they share its view of the files")
 
     def janitor() -> None:
         while not stopping.wait(JANITOR_INTERVAL):

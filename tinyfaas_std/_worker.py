@@ -1,39 +1,24 @@
 """The worker: runs inside a function's own virtualenv interpreter, imports `func.py` once, serves many calls.
 
-Started by the server as `<venv>/bin/python -I _worker.py <fd> <func.py> <memory_mb> <out> <err>`, by path, so it
-must use the standard library only and import nothing from `tinyfaas_std`. It talks to the server over the socket `<fd>` (one
-end of a socketpair), never over stdout, so whatever the function prints cannot corrupt the channel.
+Started by the launcher (`_launcher.py`, inside the worker's sandbox) as
+`<venv>/bin/python -I _worker.py <fd> <func.py> <out> <err>`, by path, so it must use the standard library only and
+imports nothing of `tinyfaas_std` as a package: the wire protocol (`protocol.py`) and the invocation parser
+(`bodies.py`) are loaded by path from beside this file. It talks to the server over the socket `<fd>` (one end of a
+socketpair), never over stdout, so whatever the function prints cannot corrupt the channel.
 
-Frames, both ways: a 4-byte big-endian payload length, the 4-byte sequence number of the call (0 for the hello;
-an answer repeats its call's, so a stray frame can never pass for an answer), then the payload.
-- First, worker -> server, the hello: `o` if `func.py` imported and has a callable `main`, else `e` + a JSON
-  object `{"type", "message", "line", "traceback"}`.
-- Server -> worker, a call: the request body exactly as the client sent it. The worker parses it (with the
-  server's own `bodies.py`, loaded by path), so the server's one busy process never decodes it.
-- Worker -> server, its answer: `o` (main returned), `e` (main raised) or `b` (the body is not an invocation),
-  a 4-byte length, then the result, the error object or `{"code", "message"}` as JSON; for `o`/`e` a JSON object
-  fragment without braces follows, holding `args`, `kwargs`, `stdout`, `stderr` and the `*_truncated` flags. The
-  server splices these bytes into its response and the log record without decoding them.
-What the call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each, and also
-written through to the files `<out>`/`<err>`, so that the server can still report it when the call times out or
-the process dies. A watchdog thread ends the worker's process group if the server goes away (even by SIGKILL).
+What a call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each, and written
+through to the files `<out>`/`<err>`, so that the server can still report it when the call times out or the process
+dies. Output belongs to the call that is running: a thread that an earlier call left running is a stray, and
+whatever it prints, during a later call or between calls, is dropped. Ending the worker's process tree, and
+watching that the server is alive, is the launcher's job.
 """
 
 import importlib.util
 import os
-import signal
-import struct
 import sys
 import threading
-import time
 
-OUTPUT_CAP = 64 * 1024  # characters of stdout/stderr kept per call; the rest is counted, not stored
-MAX_RESULT_BYTES = 6 * 1024 * 1024  # an answer larger than this is an error (AWS Lambda's limit is 6 MB too)
-WATCHDOG_INTERVAL = 1.0  # seconds between checks that the server is still our parent
-
-_HEAD = struct.Struct("!II")
-_LEN = struct.Struct("!I")
-_NO_OUTPUT = b'"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false'
+ERROR_TEXT_CAP = 16 * 1024  # characters of an error's message, and of its traceback, that are kept
 
 
 class _Capture:
@@ -44,17 +29,21 @@ class _Capture:
         self.parts: list = []
         self.kept = 0
         self.truncated = False
+        self.strays: frozenset = frozenset()
 
-    def reset(self) -> None:
+    def reset(self, strays: frozenset) -> None:
         if self.kept or self.truncated:
             self.file.seek(0)
             self.file.truncate()
         self.parts, self.kept, self.truncated = [], 0, False
+        self.strays = strays
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        room = OUTPUT_CAP - self.kept
+        if self.strays and threading.get_ident() in self.strays:
+            return len(text)  # a thread an earlier call left running: not this call's output
+        room = protocol.OUTPUT_CAP - self.kept
         if len(text) > room:
             self.truncated = True
             text = text[:room]
@@ -73,6 +62,22 @@ class _Capture:
 
     def value(self) -> str:
         return "".join(self.parts)
+
+
+class _Discard:
+    """sys.stdout and sys.stderr between calls: what stray threads print there belongs to no call."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+_DISCARD = _Discard()
 
 
 def _depth(value, limit: int, depth: int = 0) -> None:
@@ -94,11 +99,15 @@ def _error(exc: BaseException, skip_frames: int = 1) -> dict:
     import traceback  # only when something failed: the module costs every worker ~0.7 MB
 
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+    try:
+        message = str(exc)
+    except Exception:  # a hostile __str__
+        message = "<the exception's message could not be read>"
+    return {"type": type(exc).__name__, "message": message[:ERROR_TEXT_CAP], "traceback": text[-ERROR_TEXT_CAP:]}
 
 
 def _send(fd: int, seq: int, payload: bytes) -> None:
-    data = memoryview(_HEAD.pack(len(payload), seq) + payload)
+    data = memoryview(protocol.frame(seq, payload))
     while data:
         data = data[os.write(fd, data):]
 
@@ -120,8 +129,8 @@ def _import(name: str, path: str):
     return module
 
 
-def _load_bodies():
-    return _import("_tinyfaas_bodies", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bodies.py"))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+protocol = _import("_tinyfaas_protocol", os.path.join(_HERE, "protocol.py"))
 
 
 def _load(path: str):
@@ -131,54 +140,50 @@ def _load(path: str):
     return main
 
 
+def _strays() -> frozenset:
+    """Threads alive before a call starts (other than this one): whatever they print is not the call's."""
+    if threading.active_count() == 1:
+        return frozenset()
+    return frozenset(t.ident for t in threading.enumerate()) - {threading.get_ident()}
+
+
 def _call(main, bodies, request: bytes, out: _Capture, err: _Capture) -> bytes:
     try:
         call = bodies.parse_invocation(request)
+        fragment = call.fragment()  # before main runs: what was sent, even if main changes its arguments
     except bodies.BadBody as exc:
         body = bodies.encode({"code": exc.code, "message": str(exc)}).encode()
-        return b"b" + _LEN.pack(len(body)) + body
-    fragment = call.fragment()  # before main runs: what was sent, even if main changes its arguments
-    out.reset()
-    err.reset()
+        return protocol.BAD + protocol.LEN.pack(len(body)) + body
+    fragment = protocol.input_fragment(fragment)
+    strays = _strays()
+    out.reset(strays)
+    err.reset(strays)
     sys.stdout, sys.stderr = out, err
     try:
         result = main(*call.args, **call.kwargs)
-        status, body = b"o", bodies.encode(result)  # NaN, sets, huge ints (CPython's digit guard) raise here
+        status, body = protocol.OK, bodies.encode(result)  # NaN, sets, huge ints (CPython's digit guard) raise here
         if body.count("[") + body.count("{") > bodies.MAX_DEPTH:  # results obey the arguments' rules
             _depth(result, bodies.MAX_DEPTH)
-        if len(body) > MAX_RESULT_BYTES:
-            raise ValueError(f"the result is {len(body)} bytes of JSON; the limit is {MAX_RESULT_BYTES}")
+        if len(body) > protocol.MAX_RESULT_BYTES:
+            raise ValueError(f"the result is {len(body)} bytes of JSON; the limit is {protocol.MAX_RESULT_BYTES}")
     except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
-        status, body = b"e", bodies.encode(_error(exc))
+        status, body = protocol.ERROR, bodies.encode(_error(exc))
     finally:
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        sys.stdout, sys.stderr = _DISCARD, _DISCARD
     if out.kept or out.truncated or err.kept or err.truncated:
         output = bodies.encode({"stdout": out.value(), "stderr": err.value(), "stdout_truncated": out.truncated,
                                 "stderr_truncated": err.truncated})[1:-1].encode()
     else:
-        output = _NO_OUTPUT
+        output = protocol.NO_OUTPUT
     body = body.encode()
-    return b"".join((status, _LEN.pack(len(body)), body, fragment, b",", output))
-
-
-def _watchdog(parent: int) -> None:
-    while True:
-        time.sleep(WATCHDOG_INTERVAL)
-        if os.getppid() != parent:
-            os.killpg(0, signal.SIGKILL)
+    return b"".join((status, protocol.LEN.pack(len(body)), body, fragment, b",", output))
 
 
 def main() -> None:
-    fd, path, memory_mb = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    os.set_inheritable(fd, False)  # a child the function leaves behind must not hold the channel open
-    out, err = _Capture(sys.argv[4]), _Capture(sys.argv[5])
-    threading.Thread(target=_watchdog, args=(os.getppid(),), daemon=True).start()
-
-    if memory_mb > 0:
-        import resource
-        limit = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    bodies = _load_bodies()
+    fd, path = int(sys.argv[1]), sys.argv[2]
+    os.set_inheritable(fd, False)  # a program the function runs does not get the channel
+    out, err = _Capture(sys.argv[3]), _Capture(sys.argv[4])
+    bodies = _import("_tinyfaas_bodies", os.path.join(_HERE, "bodies.py"))
     sys.path.insert(0, os.path.dirname(path))
     try:
         fn = _load(path)
@@ -191,13 +196,14 @@ def main() -> None:
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
             line = frames[-1].lineno if frames else None
         info["line"] = line
-        _send(fd, 0, b"e" + bodies.encode(info).encode())
+        _send(fd, 0, protocol.ERROR + bodies.encode(info).encode())
         return
-    _send(fd, 0, b"o")
+    _send(fd, 0, protocol.OK)
+    sys.stdout, sys.stderr = _DISCARD, _DISCARD
     rfile = open(fd, "rb", buffering=65536, closefd=False)  # plain fd I/O: the socket module costs ~0.6 MB
     while True:
         try:
-            size, seq = _HEAD.unpack(_recv_exactly(rfile, _HEAD.size))
+            size, seq = protocol.HEAD.unpack(_recv_exactly(rfile, protocol.HEAD.size))
             request = _recv_exactly(rfile, size)
         except (EOFError, ConnectionError):
             return  # the server closed the channel: stop quietly

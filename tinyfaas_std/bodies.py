@@ -65,9 +65,13 @@ class Call:
         self.kwargs = kwargs
 
     def fragment(self) -> bytes:
-        """`"args":...,"kwargs":...` for the log record, ASCII only (lone surrogates stay escaped)."""
-        return b'"args":%s,"kwargs":%s' % ((encode(self.args) if self.args else "[]").encode(),
-                                            (encode(self.kwargs) if self.kwargs else "{}").encode())
+        """`"args":...,"kwargs":...` for the log record, ASCII only (lone surrogates stay escaped). A number
+        too large for a float (`1e400` parses as infinity) has no JSON form: BadBody, like `Infinity` itself."""
+        try:
+            return b'"args":%s,"kwargs":%s' % ((encode(self.args) if self.args else "[]").encode(),
+                                                (encode(self.kwargs) if self.kwargs else "{}").encode())
+        except ValueError:
+            raise BadBody("a number in the body is too large to be a float (e.g. 1e400)") from None
 
 
 def _depth_ok(value: Any, depth: int) -> bool:

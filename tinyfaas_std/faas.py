@@ -22,6 +22,7 @@ bytes from the worker and are spliced into the answer and the record, never deco
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import hashlib
 import json
@@ -36,19 +37,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import protocol
 from .bodies import BadBody, parse_invocation
 from .config import Config
 from .errors import BadRequest, FaasError, NotFound, ServiceUnavailable, Unprocessable, WorkerCrashed
+from .sandbox import Sandbox, WorkerSpec
 from .state import FunctionLog, FunctionMeta, LogStore, Registry, encode_record
-from .venvs import Venv, VenvBuilder, parse_requirements
+from .venvs import VenvBuilder, parse_requirements
 from .workers import Pool, PoolClosed, StartFailed, Worker, WorkerDied, WorkerTimeout
 
 __all__ = ["FunctionManager", "Answer", "Lifecycle", "NAME_PATTERN", "check_name"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # ASCII only: names become folder names
 MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a single-file function; more is data that belongs elsewhere
-_NO_OUTPUT = b'"stdout":"","stderr":"","stdout_truncated":false,"stderr_truncated":false'
-_KINDS = {b"o": "ok", b"e": "error", b"b": "bad"}  # the worker's answer kinds (see _worker.py)
 
 
 class Lifecycle(enum.Enum):
@@ -99,23 +100,30 @@ class _Ids:
 class FunctionManager:
     def __init__(self, config: Config) -> None:
         self.config = config
+        os.umask(0o022)  # functions run under other uids and must be able to read their code and venv
         self.functions_dir = config.functions_dir.resolve()
         self.functions_dir.mkdir(parents=True, exist_ok=True)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.data_dir, 0o700)  # the registry and every function's log: the server's alone
         self.registry = Registry(config.data_dir / "functions.json")
         self.logs = LogStore(config.data_dir / "logs", config.log_retention)
         self.venvs = VenvBuilder(self.functions_dir / ".venvs", config.pip_timeout)
-        self._capture_dir = self.functions_dir / ".run"  # what running calls print, for crash reports
-        shutil.rmtree(self._capture_dir, ignore_errors=True)
-        self._capture_dir.mkdir()
+        self.sandbox = Sandbox(root_dir=self.functions_dir / ".sandbox", hidden=[config.data_dir, self.functions_dir],
+                               memory_mb=config.memory_mb, max_processes=config.max_processes,
+                               max_file_mb=config.max_file_mb)
         self._ids = _Ids()
         self._lock = threading.Lock()  # guards the dicts and lists below
         self._live: dict[str, _Live] = {}
         self._retiring: list[tuple[Pool, str, Path]] = []  # replaced or deleted: (pool, venv key, version)
         self._states: dict[str, Lifecycle] = {}
         self._name_locks: dict[str, threading.Lock] = {}
-        self._calls: collections.deque[None] = collections.deque()  # one entry per call in flight
+        self._uids_pending: set[int] = set()  # given to uploads of new names; kept (tiny) to never hand out twice
+        self._calls: collections.deque[None] = collections.deque()  # one entry per call or upload in flight
         self._closing = False
         for meta in self.registry.all():
+            if meta.uid not in config.uids:  # a registry from before uids, or the range was changed
+                meta = dataclasses.replace(meta, uid=self._free_uid())
+                self.registry.put(meta)
             self._live[meta.name] = _Live(meta, self._new_pool(meta), self.logs.open(meta.name))
             self._states[meta.name] = Lifecycle.READY
             self._link(meta)
@@ -142,6 +150,17 @@ class FunctionManager:
         _check_source(source)
         requirements = parse_requirements(requirements_text or "")
         began = time.monotonic()
+        self._enter_call()
+        try:
+            return self._upload(name, source, requirements, began)
+        except FaasError:
+            if self._closing:  # the build was cut short by the server stopping, not by the code
+                raise ServiceUnavailable("the server is shutting down", code="shutting_down", close=True) from None
+            raise
+        finally:
+            self._leave_call()
+
+    def _upload(self, name: str, source: bytes, requirements: list[str], began: float) -> dict[str, Any]:
         with self._name_lock(name):
             existed = name in self._live
             self._move(name, Lifecycle.UPDATING if existed else Lifecycle.BUILDING)
@@ -165,12 +184,11 @@ class FunctionManager:
             with self._lock:
                 live = self._live.pop(name)
                 self._retiring.append(self._retire(live))
-            live.pool.close()
+            live.pool.close()  # calls it has taken finish; its folders go once they have (collect_garbage)
             live.log.close()
             self.logs.remove(name)
-            _remove_tree(self._folder(name))
             self._move(name, None)
-        self.collect_garbage([])
+        self.collect_garbage([name])
         return {"deleted": name}
 
     # -- calls -------------------------------------------------------------------------------------------------
@@ -190,8 +208,7 @@ class FunctionManager:
             status, main, rest = self._execute(live.pool, worker, body)
             if status == "bad":
                 raise _bad_body(main)
-            end = self._record(live, call_id, start, status,
-                               rest + (b',"result":' if status == "ok" else b',"error":') + main)
+            end = self._record(live, call_id, start, status, rest + _record_value(status, main))
             return _answer(call_id, status, main, end - start)
         finally:
             self._leave_call()
@@ -212,13 +229,13 @@ class FunctionManager:
         try:
             kind, main, rest = worker.call(body)
             healthy = True
-            return _KINDS[kind], main, rest
+            return protocol.KINDS[kind], main, rest
         except WorkerTimeout:
             message = f"the function ran past its {self.config.timeout:g} s timeout; its worker was killed"
             return "timeout", b'{"type":"Timeout","message":%s,"traceback":""}' % _quote(message), \
                 _describe(body) + b"," + worker.salvage_output()
         except WorkerDied:
-            message = f"the function's process exited or was killed (exit status {worker.proc.poll()})"
+            message = f"the function's process exited or was killed{worker.exit_reason()}"
             return "crashed", b'{"type":"WorkerDied","message":%s,"traceback":""}' % _quote(message), \
                 _describe(body) + b"," + worker.salvage_output()
         finally:
@@ -228,12 +245,12 @@ class FunctionManager:
         """A call that got no worker (429) or whose worker could not start (502). Its body was not parsed by a
         worker, so it is parsed here: a bad one is the 400 it would have been."""
         try:
-            args = parse_invocation(body).fragment()
+            args = protocol.input_fragment(parse_invocation(body).fragment())
         except BadBody as bad:
             raise BadRequest(str(bad), code=bad.code) from None
         error = b'{"type":"%s","message":%s}' % (type(exc).__name__.encode(), _quote(exc.message))
         self._record(live, call_id, start, "crashed" if exc.status == 502 else "error",
-                     args + b"," + _NO_OUTPUT + b',"error":' + error)
+                     args + b"," + protocol.NO_OUTPUT + b',"error":' + error)
 
     def _record(self, live: _Live, call_id: str, start: float, status: str, rest: bytes) -> float:
         end = time.time()
@@ -282,14 +299,18 @@ class FunctionManager:
 
     def _collect_versions(self, name: str) -> None:
         """Under the name's lock, so no version of it can start building or go live meanwhile."""
+        folder = self._folder(name)
         with self._lock:
             live = self._live.get(name)
-            keep = {folder for _, _, folder in self._retiring}
+            keep = {version for _, _, version in self._retiring}
             if live is not None:
-                keep.add(self._folder(name) / live.meta.version)
-        for folder in self._folder(name).glob("v-*"):
-            if folder not in keep:
-                _remove_tree(folder)
+                keep.add(folder / live.meta.version)
+        if live is None and not any(version.parent == folder for version in keep):
+            _remove_tree(folder)  # deleted, and its last call has finished: code, links and scratch go
+            return
+        for version in folder.glob("v-*"):
+            if version not in keep:
+                _remove_tree(version)
 
     def close(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
@@ -303,11 +324,12 @@ class FunctionManager:
             pool.kill_all()
         for live in list(self._live.values()):
             live.log.close()
-        shutil.rmtree(self._capture_dir, ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
     def _build(self, name: str, source: bytes, requirements: list[str]) -> tuple[FunctionMeta, Worker]:
+        old = self.registry.get(name)
+        uid = old.uid if old else self._free_uid()
         version = self._folder(name) / f"v-{uuid.uuid4().hex[:12]}"
         version.mkdir(parents=True)
         try:
@@ -315,15 +337,14 @@ class FunctionManager:
             if requirements:
                 (version / "requirements.txt").write_text("\n".join(requirements) + "\n")
             with self.venvs.use(requirements) as (venv, _built):
-                try:
-                    worker = self._launch(venv, version)
-                except StartFailed as exc:
-                    raise _rejected(exc.info) from None
                 now = time.time()
-                old = self.registry.get(name)
                 meta = FunctionMeta(name=name, created=old.created if old else now, updated=now,
                                     requirements=requirements, venv=venv.key, version=version.name,
-                                    code_sha256=hashlib.sha256(source).hexdigest(), code_size=len(source))
+                                    code_sha256=hashlib.sha256(source).hexdigest(), code_size=len(source), uid=uid)
+                try:
+                    worker = self._launch(meta)
+                except StartFailed as exc:
+                    raise _rejected(exc.info) from None
                 try:
                     self.registry.put(meta)  # the new version is live from here on
                 except BaseException:
@@ -346,17 +367,38 @@ class FunctionManager:
             old.pool.close()
         self._link(meta)
 
-    def _launch(self, venv: Venv, version: Path) -> Worker:
-        return Worker(venv.python, version / "func.py", memory_mb=self.config.memory_mb,
-                      timeout=self.config.timeout, max_body=self.config.max_body_bytes,
-                      capture_dir=self._capture_dir)
+    def _launch(self, meta: FunctionMeta) -> Worker:
+        """Start a worker of this version in its sandbox. Its scratch folder doubles as the place where it
+        writes through what calls print (for reports of calls whose worker died)."""
+        venv, code, scratch = self.venvs.get(meta.venv), self._folder(meta.name) / meta.version, self._scratch(meta)
+        self.sandbox.prepare_scratch(scratch, meta.uid)
+
+        def start(channel: int, capture: tuple[Path, Path]) -> Any:
+            spec = WorkerSpec(function=meta.name, version=meta.version, uid=meta.uid, python=venv.python,
+                              venv=venv.path, code=code, scratch=scratch,
+                              args=(str(code / "func.py"), *map(str, capture)))
+            return self.sandbox.start(spec, channel)
+
+        return Worker(start, scratch, timeout=self.config.timeout, max_body=self.config.max_body_bytes)
+
+    def _scratch(self, meta: FunctionMeta) -> Path:
+        return self._folder(meta.name) / "scratch"
+
+    def _free_uid(self) -> int:
+        """The lowest uid of --uid-range that no function has. Under a name lock or at start, so two uploads of
+        new names may race for one only if both hold different name locks: the registry lock settles it."""
+        with self._lock:
+            taken = {meta.uid for meta in self.registry.all()} | self._uids_pending
+            uid = next((u for u in self.config.uids if u not in taken), None)
+            if uid is None:
+                raise ServiceUnavailable("every uid of --uid-range is taken", code="no_free_uid")
+            self._uids_pending.add(uid)
+            return uid
 
     def _new_pool(self, meta: FunctionMeta, first: Worker | None = None) -> Pool:
-        venv, version = self.venvs.get(meta.venv), self._folder(meta.name) / meta.version
-
         def spawn() -> Worker:
             try:
-                return self._launch(venv, version)
+                return self._launch(meta)
             except StartFailed as exc:
                 raise WorkerCrashed(f"the function failed to start: {exc.info.get('type')}: "
                                     f"{exc.info.get('message')}", code="function_start_failed") from None
@@ -440,7 +482,7 @@ def _rejected(info: dict[str, Any]) -> Unprocessable:
 def _describe(body: bytes) -> bytes:
     """`"args"`/`"kwargs"` of a call whose worker died before describing it; parsed only on this rare path."""
     try:
-        return parse_invocation(body).fragment()
+        return protocol.input_fragment(parse_invocation(body).fragment())
     except BadBody:
         return b'"args":null,"kwargs":null'
 
@@ -452,6 +494,14 @@ def _bad_body(main: bytes) -> FaasError:
         return BadRequest(str(info["message"]), code=str(info["code"]))
     except (ValueError, KeyError, TypeError):
         return WorkerCrashed("the function's worker sent a malformed answer", code="function_crashed")
+
+
+def _record_value(status: str, value: bytes) -> bytes:
+    """The result or error of a call as its record keeps it: past RECORD_VALUE_CAP, null and the size."""
+    key = b',"result":' if status == "ok" else b',"error":'
+    if len(value) <= protocol.RECORD_VALUE_CAP:
+        return key + value
+    return key + b'null,"%s_truncated":true,"%s_bytes":%d' % (key[2:-2], key[2:-2], len(value))
 
 
 def _quote(text: str) -> bytes:

@@ -41,6 +41,7 @@ class FunctionMeta:
     version: str = ""         # the folder under functions/<name>/ that holds this version's code
     code_sha256: str = ""
     code_size: int = 0
+    uid: int = 0              # the uid and gid its workers run under when the server is root
 
 
 def atomic_write(path: Path, data: bytes) -> None:

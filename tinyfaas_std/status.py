@@ -22,8 +22,10 @@ _MB = 1024 * 1024
 
 
 class Sampler:
-    def __init__(self, worker_pids: Callable[[], list[int]], interval: float = SAMPLE_INTERVAL) -> None:
+    def __init__(self, worker_pids: Callable[[], list[int]], interval: float = SAMPLE_INTERVAL,
+                 isolation: dict[str, Any] | None = None) -> None:
         self._worker_pids = worker_pids
+        self._isolation = isolation or {}
         self._interval = interval
         self._me = psutil.Process()
         self._workers: dict[int, psutil.Process] = {}
@@ -41,6 +43,7 @@ class Sampler:
         with self._lock:
             snap = dict(self._snapshot)
         snap["process"] = {**snap["process"], "uptime_seconds": round(time.time() - self._started, 3)}
+        snap["isolation"] = self._isolation
         return snap
 
     def stop(self) -> None:
@@ -56,7 +59,12 @@ class Sampler:
                        "memory_mb": round(self._me.memory_info().rss / _MB, 2),
                        "threads": self._me.num_threads()}
         cpu = mem = 0.0
-        pids = set(self._worker_pids())
+        pids = set(self._worker_pids())  # each a worker's launcher: the worker and its processes are below it
+        for pid in list(pids):
+            try:
+                pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+            except psutil.Error:
+                pass
         for pid in list(self._workers):
             if pid not in pids:
                 del self._workers[pid]
@@ -74,7 +82,7 @@ class Sampler:
         vm = psutil.virtual_memory()
         snapshot = {
             "process": process,
-            "workers": {"count": len(self._workers), "cpu_millicores": round(cpu * 10),
+            "workers": {"count": len(self._worker_pids()), "cpu_millicores": round(cpu * 10),
                         "memory_mb": round(mem / _MB, 2)},
             "system": {"cpu_count": psutil.cpu_count() or 1,
                        "cpu_millicores": round(psutil.cpu_percent(None) * (psutil.cpu_count() or 1) * 10),

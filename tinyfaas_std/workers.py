@@ -1,46 +1,38 @@
 """Warm worker processes and the per-function pool that lends them to calls.
 
-Strategy: a `Worker` is one process of the function's venv interpreter running `_worker.py`, in a session (and
-so a process group) of its own, talking over a private socketpair. A call is one frame out and one frame back;
-the server never decodes the function's result. A call that overruns its timeout kills the whole process group
-(the function's children too); a worker whose channel breaks is dead. Either way it is never reused.
+Strategy: a `Worker` is one process of the function's venv interpreter running `_worker.py` in its sandbox
+(started by `sandbox.py`), talking over a private socketpair in the frames of `protocol.py`. A call is one frame
+out and one frame back; the server never decodes the function's result. A call that overruns its timeout ends
+the worker's whole process tree; a worker whose channel breaks is dead. Either way it is never reused.
 
 A `Pool` owns the workers of one version of one function: it lends an idle worker, starts a new one while under
-`max_workers`, makes callers wait in a bounded queue beyond that (429 past it), and stops workers that idled too
-long. A closed pool (the function was replaced or deleted) refuses new calls and stops each busy worker as its
-call returns, so calls in flight finish.
+`max_workers`, makes callers wait in a bounded first-come-first-served queue beyond that (429 past it), and stops
+workers that idled too long. A closed pool (the function was replaced or deleted) takes no new calls; the calls
+it has already taken, running or queued, still finish on its workers, which stop as the last call returns.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
-import queue
-import signal
 import socket
 import stat
-import struct
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import TooManyRequests
+from . import protocol
+from .errors import ServiceUnavailable, TooManyRequests
 from .sockets import set_timeouts
 
-__all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "PoolClosed", "WORKER_SCRIPT",
-           "MAX_RESULT_BYTES", "OUTPUT_CAP"]
+__all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "PoolClosed"]
 
-WORKER_SCRIPT = Path(__file__).with_name("_worker.py")
-KILL_GRACE = 0.5    # seconds a worker gets after SIGTERM before SIGKILL
-OUTPUT_CAP = 64 * 1024   # characters of stdout/stderr kept per call (the worker applies the same cap)
-MAX_RESULT_BYTES = 6 * 1024 * 1024  # like AWS Lambda's synchronous response limit; the worker enforces it
+KILL_GRACE = 0.5    # seconds a worker's launcher gets after SIGTERM before SIGKILL
 TRANSFER_GRACE = 10.0  # seconds per recv while a large answer is arriving (the call itself has ended)
-_HEAD = struct.Struct("!II")  # every frame: payload length, call sequence number (see _worker.py)
-_LEN = struct.Struct("!I")
 _RECV = 16 * 1024   # holds almost every answer whole, and stays below malloc's mmap threshold (no mmap per call)
 
 
@@ -66,20 +58,21 @@ class Worker:
     The function runs in the same process as the loop that answers, so it could write to the channel itself.
     Every answer is therefore checked before it is trusted: the sequence number of its call, a known kind, the
     announced length exactly, no line breaks (the bytes are spliced into a JSON-lines log). Anything else is a
-    dead worker."""
+    dead worker. `proc` is the worker's launcher (see sandbox.py): ending it ends the worker's whole tree."""
 
-    def __init__(self, python: Path, func_path: Path, *, memory_mb: int, timeout: float, max_body: int,
-                 capture_dir: Path) -> None:
+    def __init__(self, start: Callable[[int, tuple[Path, Path]], subprocess.Popen[bytes]], capture_dir: Path, *,
+                 timeout: float, max_body: int) -> None:
         token = uuid.uuid4().hex
-        self._capture = (capture_dir / f"{token}.out", capture_dir / f"{token}.err")
-        self._max_frame = MAX_RESULT_BYTES + 6 * max_body + 12 * OUTPUT_CAP + 4096  # \uXXXX escapes: 6x at most
+        self._capture_dir = capture_dir
+        self._capture = (f".tinyfaas-{token}.out", f".tinyfaas-{token}.err")
+        self._max_frame = protocol.MAX_RESULT_BYTES + 6 * max_body + 12 * protocol.OUTPUT_CAP + 4096  # \uXXXX: 6x
         ours, theirs = socket.socketpair()
         try:
-            self.proc = subprocess.Popen(
-                [str(python), "-I", str(WORKER_SCRIPT), str(theirs.fileno()), str(func_path), str(memory_mb),
-                 *map(str, self._capture)],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=_server_stderr(),
-                start_new_session=True, cwd=str(func_path.parent))
+            self.proc = start(theirs.fileno(), (capture_dir / self._capture[0], capture_dir / self._capture[1]))
+        except OSError as exc:
+            ours.close()
+            raise StartFailed({"type": type(exc).__name__, "message": f"the worker could not be started: {exc}",
+                               "line": None, "traceback": ""}) from None
         finally:
             theirs.close()
         self.sock = ours
@@ -90,30 +83,34 @@ class Worker:
         self._seq = 0  # calls so far; the hello carries 0
         try:
             hello = self._receive()
-            info = None if hello == b"o" else json.loads(hello[1:])
-        except (WorkerDied, WorkerTimeout, ValueError):
+            info = None if hello == protocol.OK else json.loads(hello[1:])
+        except WorkerTimeout:
             self.close()
-            raise StartFailed({"type": "WorkerDied", "message": "the worker exited while importing func.py",
-                               "line": None, "traceback": ""}) from None
+            raise StartFailed({"type": "Timeout", "message": f"func.py did not finish importing within the "
+                               f"{timeout:g} s timeout", "line": None, "traceback": ""}) from None
+        except (WorkerDied, ValueError):
+            self.close()
+            raise StartFailed({"type": "WorkerDied", "message": "the worker exited while importing func.py"
+                               f"{self.exit_reason()}", "line": None, "traceback": ""}) from None
         if info is not None:
             self.close()
             raise StartFailed(info if isinstance(info, dict) else {"message": str(info)})
 
     def call(self, payload: bytes) -> tuple[bytes, bytes, bytes]:
-        """Run one call: (kind `o`/`e`/`b`, result or error JSON, record fragment); see `_worker.py`."""
+        """Run one call: (kind, result or error JSON, record fragment); see `protocol.py`."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         try:
-            self.sock.sendall(_HEAD.pack(len(payload), self._seq) + payload)
+            self.sock.sendall(protocol.frame(self._seq, payload))
         except OSError:
             self.kill()
             raise WorkerDied from None
         answer = self._receive()
         kind = answer[:1]
-        if len(answer) < 5 or kind not in b"oeb" or answer.find(b"\n", 5) >= 0 or answer.find(b"\r", 5) >= 0:
+        if len(answer) < 5 or kind not in protocol.KINDS or answer.find(b"\n", 5) >= 0 or answer.find(b"\r", 5) >= 0:
             self.kill()
             raise WorkerDied
-        (size,) = _LEN.unpack_from(answer, 1)
-        if 5 + size > len(answer) or (kind == b"b") != (5 + size == len(answer)):
+        (size,) = protocol.LEN.unpack_from(answer, 1)
+        if 5 + size > len(answer) or (kind == protocol.BAD) != (5 + size == len(answer)):
             self.kill()
             raise WorkerDied
         return kind, answer[5:5 + size], answer[5 + size:]
@@ -121,18 +118,19 @@ class Worker:
     def _receive(self) -> bytes:
         """One frame of the current call. Almost always a single recv; a large answer is read into a buffer of
         its announced size."""
+        head = protocol.HEAD
         try:
             data = self.sock.recv(_RECV)
-            while 0 < len(data) < _HEAD.size:
+            while 0 < len(data) < head.size:
                 data += self.sock.recv(_RECV)
             if not data:
                 raise WorkerDied
-            size, seq = _HEAD.unpack_from(data)
-            if seq != self._seq or size > self._max_frame or len(data) > _HEAD.size + size:
+            size, seq = head.unpack_from(data)
+            if seq != self._seq or size > self._max_frame or len(data) > head.size + size:
                 raise WorkerDied  # a stray frame, too large, or more than one: the channel is out of step
-            if len(data) < _HEAD.size + size:
+            if len(data) < head.size + size:
                 data = self._receive_rest(data, size)
-            return data[_HEAD.size:]
+            return data[head.size:]
         except BlockingIOError:  # SO_RCVTIMEO expired: the function ran past --timeout
             self.kill()
             raise WorkerTimeout from None
@@ -143,12 +141,13 @@ class Worker:
     def _receive_rest(self, data: bytes, size: int) -> bytes:
         """The rest of a large frame. The call is over once its first bytes arrive, so the transfer gets its own
         time (TRANSFER_GRACE per recv), not what was left of the call's timeout."""
-        buf = bytearray(_HEAD.size + size)
+        total = protocol.HEAD.size + size
+        buf = bytearray(total)
         buf[:len(data)] = data
         view, got = memoryview(buf), len(data)
         set_timeouts(self.sock, TRANSFER_GRACE)
         try:
-            while got < _HEAD.size + size:
+            while got < total:
                 n = self.sock.recv_into(view[got:])
                 if not n:
                     raise WorkerDied
@@ -159,69 +158,89 @@ class Worker:
             set_timeouts(self.sock, self._timeout)
         return bytes(buf)
 
+    def exit_reason(self) -> str:
+        """Why the worker's process ended, when its launcher said: for the message of a 502."""
+        code = self.proc.poll()
+        if code is None:
+            return ""
+        return f" ({protocol.EXIT_REASONS.get(code, f'exit status {code}')})"
+
     def salvage_output(self) -> bytes:
         """What the call printed before its process died, from the capture files the worker writes through.
-        Read without following links and only from regular files: the function could have replaced them."""
+        The folder is the function's own, so the files are opened beneath a descriptor of the folder, without
+        following links, and read only if they are regular files."""
         texts = []
-        for path in self._capture:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-            except OSError:
-                texts.append("")
-                continue
-            try:
-                ok = stat.S_ISREG(os.fstat(fd).st_mode)
-                texts.append(os.read(fd, 4 * OUTPUT_CAP + 4).decode("utf-8", "replace") if ok else "")
-            finally:
-                os.close(fd)
+        try:
+            folder = os.open(self._capture_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            folder = -1
+        for name in self._capture:
+            texts.append(_read_capture(folder, name) if folder >= 0 else "")
+        if folder >= 0:
+            os.close(folder)
         out, err = texts
-        return json.dumps({"stdout": out[:OUTPUT_CAP], "stderr": err[:OUTPUT_CAP],
-                           "stdout_truncated": len(out) > OUTPUT_CAP, "stderr_truncated": len(err) > OUTPUT_CAP},
+        cap = protocol.OUTPUT_CAP
+        return json.dumps({"stdout": out[:cap], "stderr": err[:cap],
+                           "stdout_truncated": len(out) > cap, "stderr_truncated": len(err) > cap},
                           ensure_ascii=True, separators=(",", ":"))[1:-1].encode()
 
     def kill(self) -> None:
-        """Stop the worker and every process of its group: SIGTERM, a short grace, then SIGKILL."""
+        """End the worker's tree: SIGTERM to its launcher (which ends it at once), SIGKILL if it lingers."""
         self.sock.close()
         if self.proc.poll() is None:
-            _signal_group(self.pid, signal.SIGTERM)
+            self.proc.terminate()
             try:
                 self.proc.wait(KILL_GRACE)
             except subprocess.TimeoutExpired:
-                pass
-        _signal_group(self.pid, signal.SIGKILL)  # children that outlived their leader, too
-        if self.proc.poll() is None:
-            self.proc.wait()
+                self.proc.kill()
+                self.proc.wait()
 
     def close(self) -> None:
         """Kill, and remove the capture files."""
         self.kill()
-        for path in self._capture:
-            path.unlink(missing_ok=True)
+        for name in self._capture:
+            try:
+                os.unlink(self._capture_dir / name)
+            except OSError:
+                pass
 
 
-def _server_stderr() -> int | None:
-    """Where a worker's file descriptors 1 and 2 go: the server's stderr, so C-level output is not lost."""
+def _read_capture(folder: int, name: str) -> str:
     try:
-        return sys.stderr.fileno()
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _signal_group(pgid: int, sig: int) -> None:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=folder)
+    except OSError:
+        return ""
     try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, 4 * protocol.OUTPUT_CAP + 4).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
 class PoolClosed(Exception):
     """The pool's function version was replaced or deleted; the caller looks up the current one."""
 
 
+_SLOT = object()     # handed to a waiter: no worker, but room to start one
+_REFUSED = object()  # handed to a waiter: the server is stopping
+
+
+class _Waiter:
+    """One queued call. Its lock is held until something is handed to it (a worker, _SLOT or _REFUSED)."""
+
+    __slots__ = ("lock", "item")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.item: object = None
+
+
 class Pool:
-    """Lends warm workers. Idle ones wait in a LIFO list (so surplus workers idle out); when callers are queued,
-    a returning worker is handed straight to one of them through `_handoff`, a C-level queue, which costs far
-    less than a `Condition` wait/notify per call."""
+    """Lends warm workers. Idle ones wait in a LIFO list (so surplus workers idle out); queued calls wait in a FIFO
+    of `_Waiter`s and a returning worker is handed straight to the first. Every change of state happens under one
+    lock, hand-offs included, so a close can never slip between a release and its hand-off."""
 
     def __init__(self, spawn: Callable[[], Worker], max_workers: int, max_queue: int,
                  first: Worker | None = None) -> None:
@@ -230,9 +249,8 @@ class Pool:
         self._max_queue = max_queue
         self._lock = threading.Lock()
         self._idle: list[Worker] = [first] if first else []
-        self._handoff: queue.SimpleQueue[Worker | None] = queue.SimpleQueue()  # None: a free slot, or closed
-        self._count = len(self._idle)   # workers alive or starting: idle + busy + in the hand-off queue
-        self._waiting = 0
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._count = len(self._idle)   # workers alive or starting: idle + busy
         self._closed = False
         self._all: set[Worker] = set(self._idle)
 
@@ -242,65 +260,70 @@ class Pool:
                 raise PoolClosed
             if self._idle:
                 return self._idle.pop()
-            spawn = self._count < self._max_workers
-            if spawn:
+            if self._count < self._max_workers:
                 self._count += 1
-            elif self._waiting >= self._max_queue:
+                waiter = None
+            elif len(self._waiters) >= self._max_queue:
                 raise TooManyRequests("every worker of this function is busy and its queue is full",
                                       code="queue_full", headers={"Retry-After": "1"})
             else:
-                self._waiting += 1
-        if spawn:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        if waiter is None:
             return self._start()
-        try:
-            worker = self._handoff.get(timeout=wait)
-        except queue.Empty:
-            raise TooManyRequests("no worker of this function became free in time", code="queue_timeout",
-                                  headers={"Retry-After": "1"}) from None
-        finally:
+        if not waiter.lock.acquire(timeout=wait):
             with self._lock:
-                self._waiting -= 1
-        if worker is None:  # a slot was freed by a dead worker (start one), or the pool closed
-            if self._closed:
-                self._handoff.put(None)  # pass the news on to the next waiter
-                raise PoolClosed
+                if waiter in self._waiters:  # nothing was handed to it: give up its place
+                    self._waiters.remove(waiter)
+                    raise TooManyRequests("no worker of this function became free in time", code="queue_timeout",
+                                          headers={"Retry-After": "1"})
+            waiter.lock.acquire()  # handed to it just now: take it
+        item = waiter.item
+        if item is _SLOT:
             return self._start()
-        return worker
+        if item is _REFUSED:
+            raise ServiceUnavailable("the server is shutting down", code="shutting_down", close=True)
+        assert isinstance(item, Worker)
+        return item
 
     def _start(self) -> Worker:
         try:
             worker = self._spawn()
         except BaseException:
-            self._free_slot()
+            with self._lock:
+                self._count -= 1
+                self._hand_slot()
             raise
         with self._lock:
             self._all.add(worker)
         return worker
 
-    def _free_slot(self) -> None:
-        with self._lock:
-            self._count -= 1
-            hand_on = self._waiting > 0 and not self._closed
-            if hand_on:
-                self._count += 1  # the slot goes to a waiter, who starts a worker in it
-        if hand_on:
-            self._handoff.put(None)
+    def _hand(self, item: object) -> None:
+        """Under the lock: give `item` to the first queued call."""
+        waiter = self._waiters.popleft()
+        waiter.item = item
+        waiter.lock.release()
+
+    def _hand_slot(self) -> None:
+        """Under the lock: a worker slot is free; the first queued call may start a worker in it."""
+        if self._waiters and self._count < self._max_workers:
+            self._count += 1
+            self._hand(_SLOT)
 
     def release(self, worker: Worker, healthy: bool) -> None:
-        if healthy:
-            worker.last_used = time.monotonic()
-            with self._lock:  # _closed is read under the lock close() sets it with: no worker slips past
-                keep, waiting = not self._closed, self._waiting
-                if keep and not waiting:
+        with self._lock:
+            if healthy:
+                worker.last_used = time.monotonic()
+                if self._waiters:
+                    self._hand(worker)
+                    return
+                if not self._closed:
                     self._idle.append(worker)
                     return
-            if keep:
-                self._handoff.put(worker)
-                return
-        with self._lock:
             self._all.discard(worker)
+            self._count -= 1
+            self._hand_slot()
         worker.close()
-        self._free_slot()
 
     def reap_idle(self, idle_for: float) -> None:
         cutoff = time.monotonic() - idle_for
@@ -313,21 +336,12 @@ class Pool:
             worker.close()
 
     def close(self) -> None:
-        """Refuse new calls, stop idle workers now and busy ones when their call returns."""
+        """Take no new calls; stop idle workers now and busy ones when the calls already taken are done."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        while True:  # workers handed off to callers that gave up waiting
-            try:
-                leftover = self._handoff.get_nowait()
-            except queue.Empty:
-                break
-            if leftover is not None:
-                idle.append(leftover)
-        with self._lock:
             self._all.difference_update(idle)
             self._count -= len(idle)
-        self._handoff.put(None)  # wakes the waiters, one after another
         for worker in idle:
             worker.close()
 
@@ -335,12 +349,14 @@ class Pool:
     def drained(self) -> bool:
         """Closed, and its last worker has stopped: nothing runs from its venv or code any more."""
         with self._lock:
-            return self._closed and self._count <= 0
+            return self._closed and self._count <= 0 and not self._waiters
 
     def kill_all(self) -> None:
-        """Close and stop busy workers too (server shutdown after the grace period)."""
+        """Close, refuse the queued calls and stop busy workers too (server shutdown after the grace period)."""
         self.close()
         with self._lock:
+            while self._waiters:
+                self._hand(_REFUSED)
             busy = list(self._all)
         for worker in busy:
             worker.close()

@@ -1,0 +1,150 @@
+"""How a worker is started: its environment, uid, namespaces, filesystem view and limits; nothing about calls.
+
+Strategy: the one place that builds a worker's environment and starts its process. At start the server probes,
+once, which containment the machine allows, strongest first, and uses that for every worker:
+- `namespace-root`: the server is root. Each function runs under a uid and gid of its own from `--uid-range`,
+  in its own PID and mount namespaces, seeing only the system folders, its interpreter, venv, code and scratch.
+- `namespace-user`: not root, but user namespaces are allowed. The same namespaces and view, under the server's
+  own uid (a user namespace maps only that one), so no per-function uid and no process bound.
+- `subreaper`: no namespaces. The launcher adopts every orphan of the worker's tree and kills it when the worker
+  ends; the function shares the server's uid and view of the files.
+`_launcher.py` does the work inside the new process (see there); this module decides what it is told, on
+the launcher's stdin (never in its arguments, which any process may read). The
+server keeps the write end of a "lifeline" pipe that every launcher watches: when the server ends, even by
+SIGKILL, the pipe closes and every worker's tree is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+
+__all__ = ["Sandbox", "Isolation", "WorkerSpec", "LAUNCHER", "WORKER_SCRIPT"]
+
+PACKAGE = Path(__file__).resolve().parent
+LAUNCHER = PACKAGE / "_launcher.py"
+WORKER_SCRIPT = PACKAGE / "_worker.py"
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_MODES = ("namespace-root", "namespace-user", "subreaper")
+
+
+@dataclass(frozen=True, slots=True)
+class Isolation:
+    """What is in force, as `/admin/status` reports it (SPEC 9)."""
+    mode: str
+    per_function_user: bool
+    process_tree: str        # "pid-namespace" | "subreaper"
+    max_processes: int       # 0: not enforced (the server is not root, processes share its uid)
+
+    def public(self) -> dict[str, Any]:
+        return {"per_function_user": self.per_function_user, "process_tree": self.process_tree,
+                "max_processes": self.max_processes, "mode": self.mode}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """One worker to start: whose it is and where its files are."""
+    function: str
+    version: str
+    uid: int
+    python: Path       # the venv's interpreter
+    venv: Path
+    code: Path         # the version folder holding func.py
+    scratch: Path      # HOME and TMPDIR: the only folder the function may write
+    args: tuple[str, ...]  # arguments of _worker.py
+    env: Mapping[str, str] = ()  # type: ignore[assignment]  # the function's own settings (SPEC 10)
+
+
+class Sandbox:
+    def __init__(self, *, root_dir: Path, hidden: list[Path], memory_mb: int, max_processes: int,
+                 max_file_mb: int, mode: str | None = None) -> None:
+        """`root_dir`: an empty folder of the server's to mount worker roots on; `hidden`: folders no worker may
+        see even when they lie inside a folder it is shown (data/, functions/)."""
+        self._root_dir = root_dir
+        root_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(root_dir, 0o700)
+        self._hidden = [str(p.resolve()) for p in hidden]
+        self._memory = memory_mb * 1024 * 1024
+        self._max_file = max_file_mb * 1024 * 1024
+        self._max_processes = max_processes
+        self._system = sorted({str(Path(sys.base_prefix).resolve()), str(PACKAGE)})
+        life_r, self._lifeline = os.pipe()  # the write end stays here, never written, closed when we end
+        os.set_inheritable(self._lifeline, False)
+        self._life_r = life_r
+        self._lock = threading.Lock()
+        self.isolation = self._isolation(mode or self._probe())
+
+    def _isolation(self, mode: str) -> Isolation:
+        root = mode == "namespace-root"
+        return Isolation(mode, root, "subreaper" if mode == "subreaper" else "pid-namespace",
+                         self._max_processes if root else 0)
+
+    def _probe(self) -> str:
+        """The strongest mode that works here, found by starting `python -c pass` in it."""
+        candidates = _MODES if os.geteuid() == 0 else _MODES[1:]
+        for mode in candidates:
+            python = os.path.realpath(sys.executable)  # inside sys.base_prefix, which every worker is shown
+            scratch = self._root_dir / "probe"
+            scratch.mkdir(exist_ok=True)
+            spec = self._launch_spec(mode, [python, "-I", "-S", "-c", "pass"], {}, None, -1,
+                                     [(str(scratch), "rw")], str(PACKAGE))
+            try:
+                done = subprocess.run([sys.executable, "-I", "-S", str(LAUNCHER)], input=json.dumps(spec).encode(),
+                                      pass_fds=(self._life_r,), capture_output=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if done.returncode == 0:
+                return mode
+        return "subreaper"
+
+    def start(self, spec: WorkerSpec, channel: int) -> subprocess.Popen[bytes]:
+        """Start the launcher of one worker; `channel` is the worker's end of its socket pair."""
+        scratch = str(spec.scratch)
+        env = {"PATH": f"{spec.venv / 'bin'}:{BASE_PATH}", "HOME": scratch, "TMPDIR": scratch,
+               "LANG": "C.UTF-8", "TINYFAAS_FUNCTION": spec.function, "TINYFAAS_VERSION": spec.version,
+               **dict(spec.env)}
+        mounts = [(path, "mask") for path in self._hidden]
+        mounts += [(str(spec.venv), "ro"), (str(spec.code), "ro"), (scratch, "rw")]
+        uid = spec.uid if self.isolation.per_function_user else None
+        argv = [str(spec.python), "-I", str(WORKER_SCRIPT), str(3), *spec.args]
+        launch = self._launch_spec(self.isolation.mode, argv, env, uid, channel, mounts, str(spec.code))
+        proc = subprocess.Popen([sys.executable, "-I", "-S", str(LAUNCHER)], pass_fds=(channel, self._life_r),
+                                stdin=subprocess.PIPE, stdout=_server_stderr(), cwd="/")
+        with proc.stdin:  # type: ignore[union-attr]  # the spec holds the function's secrets: never in argv
+            proc.stdin.write(json.dumps(launch).encode())  # type: ignore[union-attr]
+        return proc
+
+    def prepare_scratch(self, scratch: Path, uid: int) -> None:
+        """The function's scratch folder: created if missing, its own (as root: owned by its uid), 0700."""
+        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.isolation.per_function_user:
+            os.chown(scratch, uid, uid)
+        os.chmod(scratch, 0o700)
+
+    def _launch_spec(self, mode: str, argv: list[str], env: dict[str, str], uid: int | None, channel: int,
+                     mounts: list[tuple[str, str]], cwd: str) -> dict[str, Any]:
+        with self._lock:
+            root = self._root_dir / "root"
+            root.mkdir(exist_ok=True)
+        return {"mode": mode, "argv": argv, "env": env, "uid": uid, "channel": channel, "lifeline": self._life_r,
+                "root": str(root), "mounts": [(p, "ro") for p in self._system] + mounts,
+                "cwd": cwd, "memory_bytes": self._memory, "max_file_bytes": self._max_file,
+                "max_processes": self._max_processes if mode == "namespace-root" else 0,
+                "exit_memory": protocol.EXIT_MEMORY, "exit_sandbox": protocol.EXIT_SANDBOX}
+
+
+def _server_stderr() -> int | None:
+    """Where a worker's file descriptors 1 and 2 go: the server's stderr, so C-level output is not lost."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
