@@ -80,13 +80,16 @@ class Server:
     proc: subprocess.Popen | None = None
     port: int = 0
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)   # added to the server's environment
+    prefix: list[str] = field(default_factory=list)     # e.g. setpriv ... to run it as another user
+    python: str = sys.executable
 
     def start(self) -> Server:
         self.log_path = self.root / "server.log"
         env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(self.wheels),
-               "PIP_CONFIG_FILE": os.devnull, "PYTHONUNBUFFERED": "1"}
+               "PIP_CONFIG_FILE": os.devnull, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("PIP_EXTRA_INDEX_URL", None)
-        cmd = [sys.executable, "-m", "tinyfaas_std", "--host", "127.0.0.1", "--port", "0",
+        cmd = [*self.prefix, self.python, "-m", "tinyfaas_std", "--host", "127.0.0.1", "--port", "0",
                "--functions-dir", str(self.root / "functions"), "--data-dir", str(self.root / "data"), *self.args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=open(self.log_path, "ab"), text=True)

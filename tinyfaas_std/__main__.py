@@ -12,6 +12,7 @@ from types import FrameType
 from .config import DEFAULT_PASSWORD, parse_config
 from .faas import FunctionManager
 from .httpd import make_server
+from .sandbox import SandboxUnavailable
 from .status import Sampler
 
 log = logging.getLogger("tinyfaas_std")
@@ -30,7 +31,11 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    manager = FunctionManager(config)
+    try:
+        manager = FunctionManager(config)
+    except SandboxUnavailable as exc:
+        log.error("%s", exc)
+        return 2
     sampler = Sampler(manager.worker_pids, isolation=manager.sandbox.isolation.public())
     server = make_server(config, manager, sampler)
     stopping = threading.Event()

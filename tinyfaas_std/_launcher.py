@@ -228,7 +228,7 @@ def _watch(spec: dict, worker: int, lifeline: int, tree) -> int:
 
 
 def _fail(channel: int, exc: BaseException, exit_code: int) -> None:
-    info = {"type": "SandboxError", "message": f"the worker's sandbox could not be set up: {exc}",
+    info = {"type": "SandboxError", "message": f"the worker could not be started in its sandbox: {exc}",
             "line": None, "traceback": ""}
     payload = b"e" + json.dumps(info).encode()
     if channel >= 0:

@@ -43,6 +43,7 @@ class Config:
     max_file_mb: int = 1024     # largest file a worker may write, MiB (RLIMIT_FSIZE)
     log_retention_mb: float = 100.0  # bytes of log kept per function on disk, MiB (0: no byte bound)
     max_connections: int = 1024  # connections served at once; the next one gets 503 and is closed
+    isolation: str = "auto"     # how workers are contained: auto (the strongest that works) or a mode of sandbox.py
 
     @property
     def uids(self) -> range:
@@ -83,6 +84,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "max_file_mb": (int, "largest file a worker may write, MiB"),
     "log_retention_mb": (float, "bytes of log kept per function on disk, MiB (0: no byte bound)"),
     "max_connections": (int, "connections served at once; the next one gets 503"),
+    "isolation": (str, "auto, namespace-root, namespace-user or subreaper: how workers are contained"),
 }
 
 
@@ -114,6 +116,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         parser.error("--max-workers must be >= 1, --log-retention and --max-queue >= 0")
     if config.max_processes < 1 or config.max_file_mb < 1 or config.max_connections < 1:
         parser.error("--max-processes, --max-file-mb and --max-connections must be >= 1")
+    if config.isolation not in ("auto", "namespace-root", "namespace-user", "subreaper"):
+        parser.error("--isolation must be auto, namespace-root, namespace-user or subreaper")
     if not 0 <= config.log_retention_mb < 1e9:
         parser.error("--log-retention-mb must be a number of MiB >= 0")
     if not re.fullmatch(r"[0-9]{1,10}-[0-9]{1,10}", config.uid_range) or not (

@@ -110,11 +110,12 @@ class FunctionManager:
         self.venvs = VenvBuilder(self.functions_dir / ".venvs", config.pip_timeout)
         self.sandbox = Sandbox(root_dir=self.functions_dir / ".sandbox", hidden=[config.data_dir, self.functions_dir],
                                memory_mb=config.memory_mb, max_processes=config.max_processes,
-                               max_file_mb=config.max_file_mb)
+                               max_file_mb=config.max_file_mb,
+                               mode=None if config.isolation == "auto" else config.isolation)
         self._ids = _Ids()
         self._lock = threading.Lock()  # guards the dicts and lists below
         self._live: dict[str, _Live] = {}
-        self._retiring: list[tuple[Pool, str, Path]] = []  # replaced or deleted: (pool, venv key, version)
+        self._retiring: list[_Live] = []  # replaced or deleted versions whose calls may still be running
         self._states: dict[str, Lifecycle] = {}
         self._name_locks: dict[str, threading.Lock] = {}
         self._uids_pending: set[int] = set()  # given to uploads of new names; kept (tiny) to never hand out twice
@@ -183,7 +184,7 @@ class FunctionManager:
             self.registry.remove(name)
             with self._lock:
                 live = self._live.pop(name)
-                self._retiring.append(self._retire(live))
+                self._retiring.append(live)
             live.pool.close()  # calls it has taken finish; its folders go once they have (collect_garbage)
             live.log.close()
             self.logs.remove(name)
@@ -273,7 +274,7 @@ class FunctionManager:
 
     def worker_pids(self) -> list[int]:
         with self._lock:
-            pools = [live.pool for live in self._live.values()] + [item[0] for item in self._retiring]
+            pools = [live.pool for live in self._live.values()] + [item.pool for item in self._retiring]
         return [pid for pool in pools for pid in pool.pids()]
 
     def reap_idle_workers(self) -> None:
@@ -286,9 +287,11 @@ class FunctionManager:
         """Remove venvs, and version folders of `names` (default: all), that no live function, upload in
         progress or unfinished old pool uses."""
         with self._lock:
-            self._retiring = [item for item in self._retiring if not item[0].drained]
+            self._retiring = [item for item in self._retiring if not item.pool.drained]
         self.venvs.remove_unused(self._venvs_in_use)
-        for name in self.names() if names is None else names:
+        if names is None:  # every folder, so that a deleted function's is removed once its last call ends
+            names = [p.name for p in self.functions_dir.iterdir() if NAME_PATTERN.fullmatch(p.name)]
+        for name in names:
             lock = self._name_lock(name)
             if not lock.acquire(blocking=False):
                 continue  # an upload or delete is under way: its versions are in flux; next sweep
@@ -302,15 +305,15 @@ class FunctionManager:
         folder = self._folder(name)
         with self._lock:
             live = self._live.get(name)
-            keep = {version for _, _, version in self._retiring}
-            if live is not None:
-                keep.add(folder / live.meta.version)
-        if live is None and not any(version.parent == folder for version in keep):
+            users = [item.meta for item in self._retiring if item.meta.name == name]
+        if live is None and not users:
             _remove_tree(folder)  # deleted, and its last call has finished: code, links and scratch go
             return
-        for version in folder.glob("v-*"):
-            if version not in keep:
-                _remove_tree(version)
+        users += [live.meta] if live else []
+        keep = {folder / meta.version for meta in users} | {self._scratch(meta) for meta in users}
+        for path in [*folder.glob("v-*"), *folder.glob("scratch-*")]:
+            if path not in keep:
+                _remove_tree(path)
 
     def close(self, grace: float) -> None:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
@@ -319,7 +322,7 @@ class FunctionManager:
         while self._calls and time.monotonic() < deadline:
             time.sleep(0.02)
         with self._lock:
-            pools = [live.pool for live in self._live.values()] + [item[0] for item in self._retiring]
+            pools = [live.pool for live in self._live.values()] + [item.pool for item in self._retiring]
         for pool in pools:
             pool.kill_all()
         for live in list(self._live.values()):
@@ -362,7 +365,7 @@ class FunctionManager:
             log = old.log if old else self.logs.open(meta.name)
             self._live[meta.name] = _Live(meta, pool, log)
             if old:
-                self._retiring.append(self._retire(old))
+                self._retiring.append(old)
         if old:
             old.pool.close()
         self._link(meta)
@@ -382,7 +385,9 @@ class FunctionManager:
         return Worker(start, scratch, timeout=self.config.timeout, max_body=self.config.max_body_bytes)
 
     def _scratch(self, meta: FunctionMeta) -> Path:
-        return self._folder(meta.name) / "scratch"
+        """HOME and TMPDIR of the function's workers: one per uid, so a function deleted and made again under
+        the same name (and a new uid) never finds, nor is refused, what the old one left."""
+        return self._folder(meta.name) / f"scratch-{meta.uid}"
 
     def _free_uid(self) -> int:
         """The lowest uid of --uid-range that no function has. Under a name lock or at start, so two uploads of
@@ -408,11 +413,8 @@ class FunctionManager:
     def _venvs_in_use(self) -> set[str]:
         """Called by the venv builder under its lock, after uploads' pins: the registry is up to date then."""
         with self._lock:
-            live = {item.meta.venv for item in self._live.values()} | {item[1] for item in self._retiring}
+            live = {item.meta.venv for item in self._live.values()} | {item.meta.venv for item in self._retiring}
         return live | {meta.venv for meta in self.registry.all()}
-
-    def _retire(self, live: _Live) -> tuple[Pool, str, Path]:
-        return live.pool, live.meta.venv, self._folder(live.meta.name) / live.meta.version
 
     def _link(self, meta: FunctionMeta) -> None:
         """`func.py`, `requirements.txt` and `venv` in the function's folder point at the live version."""

@@ -28,13 +28,17 @@ from typing import Any
 
 from . import protocol
 
-__all__ = ["Sandbox", "Isolation", "WorkerSpec", "LAUNCHER", "WORKER_SCRIPT"]
+__all__ = ["Sandbox", "SandboxUnavailable", "Isolation", "WorkerSpec", "LAUNCHER", "WORKER_SCRIPT"]
 
 PACKAGE = Path(__file__).resolve().parent
 LAUNCHER = PACKAGE / "_launcher.py"
 WORKER_SCRIPT = PACKAGE / "_worker.py"
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _MODES = ("namespace-root", "namespace-user", "subreaper")
+
+
+class SandboxUnavailable(Exception):
+    """The isolation mode asked for (--isolation) cannot be set up on this machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,8 @@ class Sandbox:
         os.set_inheritable(self._lifeline, False)
         self._life_r = life_r
         self._lock = threading.Lock()
+        if mode is not None and not self._works(mode):
+            raise SandboxUnavailable(f"the isolation mode {mode!r} does not work here")
         self.isolation = self._isolation(mode or self._probe())
 
     def _isolation(self, mode: str) -> Isolation:
@@ -89,22 +95,26 @@ class Sandbox:
                          self._max_processes if root else 0)
 
     def _probe(self) -> str:
-        """The strongest mode that works here, found by starting `python -c pass` in it."""
+        """The strongest mode that works here."""
         candidates = _MODES if os.geteuid() == 0 else _MODES[1:]
-        for mode in candidates:
-            python = os.path.realpath(sys.executable)  # inside sys.base_prefix, which every worker is shown
-            scratch = self._root_dir / "probe"
-            scratch.mkdir(exist_ok=True)
-            spec = self._launch_spec(mode, [python, "-I", "-S", "-c", "pass"], {}, None, -1,
-                                     [(str(scratch), "rw")], str(PACKAGE))
-            try:
-                done = subprocess.run([sys.executable, "-I", "-S", str(LAUNCHER)], input=json.dumps(spec).encode(),
-                                      pass_fds=(self._life_r,), capture_output=True, timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if done.returncode == 0:
-                return mode
-        return "subreaper"
+        return next((mode for mode in candidates if self._works(mode)), "subreaper")
+
+    def _works(self, mode: str) -> bool:
+        """Whether `python -c pass` starts in this mode. A root server never uses `namespace-user`: the
+        worker would be root inside a user namespace that maps root, with root's power over root's files."""
+        if (mode == "namespace-root") != (os.geteuid() == 0) and mode != "subreaper":
+            return False
+        python = os.path.realpath(sys.executable)  # inside sys.base_prefix, which every worker is shown
+        scratch = self._root_dir / "probe"
+        scratch.mkdir(exist_ok=True)
+        spec = self._launch_spec(mode, [python, "-I", "-S", "-c", "pass"], {}, None, -1, [(str(scratch), "rw")],
+                                 str(PACKAGE))
+        try:
+            done = subprocess.run([sys.executable, "-I", "-S", str(LAUNCHER)], input=json.dumps(spec).encode(),
+                                  pass_fds=(self._life_r,), capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
 
     def start(self, spec: WorkerSpec, channel: int) -> subprocess.Popen[bytes]:
         """Start the launcher of one worker; `channel` is the worker's end of its socket pair."""

@@ -32,6 +32,7 @@ from .sockets import set_timeouts
 __all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "PoolClosed"]
 
 KILL_GRACE = 0.5    # seconds a worker's launcher gets after SIGTERM before SIGKILL
+SETTLE = 0.2        # seconds a dead worker's launcher gets to exit by itself (it reaps, then exits at once)
 TRANSFER_GRACE = 10.0  # seconds per recv while a large answer is arriving (the call itself has ended)
 _RECV = 16 * 1024   # holds almost every answer whole, and stays below malloc's mmap threshold (no mmap per call)
 
@@ -135,7 +136,7 @@ class Worker:
             self.kill()
             raise WorkerTimeout from None
         except (WorkerDied, OSError):
-            self.kill()
+            self.kill(settle=True)
             raise WorkerDied from None
 
     def _receive_rest(self, data: bytes, size: int) -> bytes:
@@ -184,9 +185,16 @@ class Worker:
                            "stdout_truncated": len(out) > cap, "stderr_truncated": len(err) > cap},
                           ensure_ascii=True, separators=(",", ":"))[1:-1].encode()
 
-    def kill(self) -> None:
-        """End the worker's tree: SIGTERM to its launcher (which ends it at once), SIGKILL if it lingers."""
+    def kill(self, settle: bool = False) -> None:
+        """End the worker's tree: SIGTERM to its launcher (which ends it at once), SIGKILL if it lingers.
+        `settle`: the worker is known to have died; its launcher gets a moment to exit on its own first, so that
+        its exit status can tell why (e.g. past the memory limit)."""
         self.sock.close()
+        if settle:
+            try:
+                self.proc.wait(SETTLE)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

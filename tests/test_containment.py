@@ -1,0 +1,455 @@
+"""Containment (SPEC 9): a function is a guest. Hostile functions against the real server, real processes, real uids.
+
+Most tests run the server as root (as the tests do here) with each isolation mode the machine allows; one runs it
+as an unprivileged user. Processes are found on the host with psutil, never trusted from what a function says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness import REPO, Server
+
+IS_ROOT = os.geteuid() == 0
+PASSWORD_ENV = {"TINYFAAS_PASSWORD": "1234", "SERVER_ONLY_SECRET": "do-not-leak"}
+
+DAEMON = """import os, sys
+def main(mark):
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", mark])
+        os._exit(0)
+    os.waitpid(child, 0)
+    return "spawned"
+"""
+
+
+def _procs_with(args: list[str]) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["cmdline"] == args and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def _wait_gone(args: list[str], seconds: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _procs_with(args):
+            return []
+        time.sleep(0.05)
+    return _procs_with(args)
+
+
+def _tree(server: Server) -> list[psutil.Process]:
+    return psutil.Process(server.proc.pid).children(recursive=True)
+
+
+def _modes() -> list[str]:
+    """The modes a server run by this user may use (a root server never uses namespace-user)."""
+    return ["namespace-root", "subreaper"] if IS_ROOT else ["namespace-user", "subreaper"]
+
+
+def _scratch(server: Server, name: str) -> Path:
+    return next((server.root / "functions" / name).glob("scratch-*"))
+
+
+@pytest.fixture(scope="module", params=_modes())
+def guarded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            wheels: Path) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("guard"), wheels,
+                    ["--timeout", "3", "--isolation", request.param, "--max-file-mb", "100"], env=PASSWORD_ENV)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def _mode(server: Server) -> str:
+    return server.request("GET", "/admin/status").json["isolation"]["mode"]
+
+
+def test_status_says_what_is_in_force(guarded: Server) -> None:
+    isolation = guarded.request("GET", "/admin/status").json["isolation"]
+    mode = isolation["mode"]
+    assert isolation["per_function_user"] is (mode == "namespace-root")
+    assert isolation["process_tree"] == ("subreaper" if mode == "subreaper" else "pid-namespace")
+    assert isolation["max_processes"] == (64 if mode == "namespace-root" else 0)
+
+
+def test_the_environment_is_built_from_nothing(guarded: Server) -> None:
+    assert guarded.upload("envdump", "import os\ndef main():\n    return dict(os.environ)\n").status == 200
+    env = guarded.call("envdump").json["result"]
+    scratch = str(_scratch(guarded, "envdump"))
+    venv_bin = str(Path(os.readlink(guarded.root / "functions" / "envdump" / "venv")))
+    assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG", "TINYFAAS_FUNCTION", "TINYFAAS_VERSION"}
+    assert env["PATH"].endswith("/bin:/usr/local/bin:/usr/bin:/bin") and Path(venv_bin).name in env["PATH"]
+    assert env["HOME"] == env["TMPDIR"] == scratch and env["LANG"] == "C.UTF-8"
+    assert env["TINYFAAS_FUNCTION"] == "envdump" and env["TINYFAAS_VERSION"].startswith("v-")
+    assert "do-not-leak" not in json.dumps(env) and "1234" not in json.dumps(env)
+
+
+def test_a_worker_holds_no_descriptor_but_its_channel_and_stdio(guarded: Server) -> None:
+    src = "import os\ndef main():\n    return sorted(int(fd) for fd in os.listdir('/proc/self/fd'))\n"
+    assert guarded.upload("fds", src).status == 200
+    fds = guarded.call("fds").json["result"]
+    # 0-2 stdio, 3 the channel, and the two capture files the worker itself opened (plus listdir's own fd)
+    assert fds[:4] == [0, 1, 2, 3] and len(fds) <= 7
+
+
+def test_each_function_has_its_own_uid_and_sees_only_its_files(guarded: Server) -> None:
+    """namespace-root: all of SPEC 9. subreaper (what a server gets where namespaces are refused): the function
+    shares the server's uid and view of the files, as /admin/status and the README say."""
+    full = _mode(guarded) == "namespace-root"
+    src = ("import os\ndef main(path, write=None):\n    try:\n        if write:\n"
+           "            open(path, 'w').write(write)\n            return 'written'\n"
+           "        return open(path).read()[:40]\n    except OSError as e:\n        return type(e).__name__\n")
+    for name in ("snoop", "victim"):
+        assert guarded.upload(name, src.replace("def main(", f"WHO = {name!r}\ndef main(")).status == 200
+    root = guarded.root
+    data_file = str(root / "data" / "functions.json")
+    victim_code = next((root / "functions" / "victim").glob("v-*/func.py"))
+    own_code = next((root / "functions" / "snoop").glob("v-*/func.py"))
+    if not full:
+        assert guarded.call("snoop", [data_file]).json["result"].startswith("{")
+        return
+    assert guarded.call("snoop", [data_file]).json["result"] == "FileNotFoundError"
+    assert guarded.call("snoop", [str(root / "data" / "logs")]).json["result"] == "FileNotFoundError"
+    assert guarded.call("snoop", [str(victim_code)]).json["result"] == "FileNotFoundError"
+    assert guarded.call("snoop", [str(victim_code), "pwned"]).json["result"] in ("FileNotFoundError", "OSError")
+    assert "WHO = 'snoop'" in guarded.call("snoop", [str(own_code)]).json["result"]
+    assert guarded.call("snoop", [str(own_code), "pwned"]).json["result"] == "OSError"  # read-only
+    assert guarded.call("snoop", ["/etc/shadow"]).json["result"] == "PermissionError"
+    scratch = _scratch(guarded, "snoop")
+    assert guarded.call("snoop", [str(scratch / "note"), "mine"]).json["result"] == "written"
+    owner = {p.uids().real for p in _tree(guarded)
+             if "_worker.py" in " ".join(p.cmdline()) and ("/snoop/" in " ".join(p.cmdline())
+                                                           or "/victim/" in " ".join(p.cmdline()))}
+    assert len(owner) == 2 and owner <= set(range(200000, 300000))
+    assert (scratch / "note").stat().st_uid in owner
+    assert "WHO = 'victim'" in victim_code.read_text()
+
+
+def test_a_function_cannot_kill_the_server(guarded: Server) -> None:
+    namespaces = _mode(guarded) != "subreaper"
+    sig = "SIGKILL" if namespaces else "0"  # without namespaces it could: only check that it may signal
+    src = ("import os, signal\ndef main(pid):\n    out = []\n    for target in (pid, os.getppid()):\n"
+           f"        try:\n            os.kill(target, {'signal.SIGKILL' if namespaces else '0'})\n"
+           "            out.append('sent')\n        except OSError as e:\n            out.append(type(e).__name__)\n"
+           "    return out\n")
+    assert guarded.upload("killer", src).status == 200
+    result = guarded.call("killer", [guarded.proc.pid]).json["result"]
+    if namespaces:  # the server's pid is not in the worker's namespace; its parent is the init, not to be killed
+        assert result[0] == "ProcessLookupError"
+        assert guarded.call("killer", [guarded.proc.pid]).status == 200  # the init it signalled lives on
+    else:
+        assert result == ["sent", "sent"], sig
+    assert guarded.proc.poll() is None and guarded.request("GET", "/admin/functions").status == 200
+
+
+def test_a_daemon_ends_with_its_worker_on_delete(guarded: Server) -> None:
+    mark = "987.25" + str(len(_modes()))
+    assert guarded.upload("daemon", DAEMON).status == 200
+    assert guarded.call("daemon", [mark]).json["result"] == "spawned"
+    assert _procs_with(["sleep", mark])  # it really runs, detached in a session of its own
+    assert guarded.request("DELETE", "/admin/functions/daemon").status == 200
+    assert _wait_gone(["sleep", mark], 3) == []
+
+
+def test_a_daemon_ends_when_its_call_times_out(guarded: Server) -> None:
+    mark = "986.5"
+    src = DAEMON.replace('    return "spawned"', '    import time\n    time.sleep(60)')
+    assert guarded.upload("daemon-timeout", src).status == 200
+    assert guarded.call("daemon-timeout", [mark]).status == 504
+    assert _wait_gone(["sleep", mark], 3) == []
+
+
+def test_a_worker_that_exits_is_502_at_once_even_if_its_child_holds_the_channel(guarded: Server) -> None:
+    src = ("import os, subprocess, time\ndef main():\n    subprocess.Popen(['sleep', '20'])\n"
+           "    if os.fork() == 0:\n        time.sleep(20)\n        os._exit(0)\n    os._exit(1)\n")
+    assert guarded.upload("forkexit", src).status == 200
+    start = time.monotonic()
+    resp = guarded.call("forkexit")
+    assert resp.status == 502 and time.monotonic() - start < 1.0  # the timeout is 3 s
+    assert _wait_gone(["sleep", "20"], 3) == []
+
+
+def test_orphans_are_reaped(guarded: Server) -> None:
+    src = ("import os\ndef main(n):\n    for _ in range(n):\n        child = os.fork()\n        if child == 0:\n"
+           "            if os.fork() == 0:\n                os._exit(0)\n            os._exit(0)\n"
+           "        os.waitpid(child, 0)\n    return n\n")
+    assert guarded.upload("orphans", src).status == 200
+    assert guarded.call("orphans", [40]).json["result"] == 40
+    time.sleep(0.5)
+    zombies = [p for p in _tree(guarded) if p.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []
+
+
+def test_processes_together_are_held_to_the_memory_limit(guarded: Server) -> None:
+    src = ("import os, time\ndef main(n, mb):\n    kids = []\n    for _ in range(n):\n        pid = os.fork()\n"
+           "        if pid == 0:\n            block = b'x' * (mb * 1024 * 1024)\n            time.sleep(2)\n"
+           "            os._exit(0)\n        kids.append(pid)\n    for pid in kids:\n        os.waitpid(pid, 0)\n"
+           "    return 'survived'\n")
+    assert guarded.upload("hog6", src).status == 200
+    assert guarded.call("hog6", [2, 100]).json["result"] == "survived"  # 200 MB in all: within 512
+    start = time.monotonic()
+    resp = guarded.call("hog6", [6, 400])
+    assert resp.status == 502 and "memory" in resp.json["error"]["message"]
+    assert time.monotonic() - start < 2.0  # killed, not left to finish its 2 s
+    assert guarded.call("hog6", [1, 10]).json["result"] == "survived"
+
+
+def test_output_of_a_thread_left_running_never_lands_in_another_call(guarded: Server) -> None:
+    src = ("import threading, time, sys\ndef chatter():\n    for _ in range(300):\n        print('stray')\n"
+           "        time.sleep(0.01)\ndef main(start):\n    if start:\n"
+           "        threading.Thread(target=chatter, daemon=True).start()\n        print('first')\n"
+           "        return 'started'\n    print('second')\n    time.sleep(0.3)\n    return 'done'\n")
+    assert guarded.upload("stray", src).status == 200
+    assert guarded.call("stray", [True]).json["result"] == "started"
+    assert guarded.call("stray", [False]).json["result"] == "done"
+    records = guarded.request("GET", "/admin/logs/stray").json
+    assert records[-1]["stdout"] == "second\n"
+    assert "first\n" in records[-2]["stdout"]  # the thread was the first call's own while that call ran
+
+
+def test_a_file_past_max_file_mb_fails_and_the_code_is_read_only(guarded: Server) -> None:
+    src = ("import os, errno\ndef main(where, mb):\n    try:\n        with open(where, 'wb') as f:\n"
+           "            for _ in range(mb):\n                f.write(b'x' * (1024 * 1024))\n        return 'ok'\n"
+           "    except OSError as e:\n        return errno.errorcode[e.errno]\n")
+    assert guarded.upload("bigfile", src).status == 200
+    scratch = _scratch(guarded, "bigfile")
+    assert guarded.call("bigfile", [str(scratch / "small"), 10]).json["result"] == "ok"
+    assert guarded.call("bigfile", [str(scratch / "big"), 200]).json["result"] == "EFBIG"  # --max-file-mb 100
+    if _mode(guarded) != "subreaper":
+        code = next((guarded.root / "functions" / "bigfile").glob("v-*"))
+        assert guarded.call("bigfile", [str(code / "x"), 1]).json["result"] == "EROFS"
+
+
+def test_a_fork_bomb_is_bounded_and_ends_with_its_function(guarded: Server) -> None:
+    bounded = _mode(guarded) == "namespace-root"  # RLIMIT_NPROC needs a uid of the function's own
+    src = ("import os, time\ndef main(n):\n    made = 0\n    for _ in range(n):\n        try:\n"
+           "            pid = os.fork()\n        except OSError:\n            break\n        if pid == 0:\n"
+           "            time.sleep(30)\n            os._exit(0)\n        made += 1\n    return made\n")
+    assert guarded.upload("forkbomb", src).status == 200
+    before = {p.pid for p in _tree(guarded)}  # the bomb's first worker is among them: the upload started it
+    made = guarded.call("forkbomb", [2000 if bounded else 200]).json["result"]
+    assert (10 < made < 64) if bounded else made == 200
+    assert guarded.upload("bystander", "def main():\n    return 'fine'\n").status == 200
+    assert guarded.call("bystander").json["result"] == "fine"
+    bomb = [p for p in _tree(guarded) if p.pid not in before and "/forkbomb/" in " ".join(p.cmdline())]
+    assert len(bomb) >= made
+    assert guarded.request("DELETE", "/admin/functions/forkbomb").status == 200
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in bomb):
+        time.sleep(0.05)
+    assert not [p for p in bomb if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_nothing_of_the_tree_outlives_a_server_sigkill(tmp_path_factory: pytest.TempPathFactory,
+                                                       wheels: Path) -> None:
+    for mode in _modes():
+        server = Server(tmp_path_factory.mktemp("sigkill"), wheels, ["--isolation", mode]).start()
+        mark = "985.125"
+        assert server.upload("daemon", DAEMON).status == 200
+        src = "import os, time\ndef main():\n    for _ in range(20):\n        if os.fork() == 0:\n" \
+              "            time.sleep(60)\n            os._exit(0)\n    return 'forked'\n"
+        assert server.upload("forker", src).status == 200
+        assert server.call("daemon", [mark]).json["result"] == "spawned"
+        assert server.call("forker").json["result"] == "forked"
+        tree = _tree(server)
+        assert len(tree) > 20
+        server.proc.kill()
+        server.proc.wait()
+        deadline = time.monotonic() + 3
+        alive = tree
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.05)
+        assert alive == [], (mode, alive)
+        assert _procs_with(["sleep", mark]) == []
+
+
+def test_a_server_sigterm_ends_daemons_too(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> None:
+    server = Server(tmp_path_factory.mktemp("sigterm"), wheels).start()
+    mark = "984.75"
+    assert server.upload("daemon", DAEMON).status == 200
+    assert server.call("daemon", [mark]).json["result"] == "spawned"
+    assert server.stop() == 0
+    assert _wait_gone(["sleep", mark], 3) == []
+
+
+def test_an_import_slower_than_the_timeout_is_reported_as_such(guarded: Server) -> None:
+    resp = guarded.upload("slowimport", "import time\ntime.sleep(5)\ndef main():\n    return 1\n")
+    assert resp.status == 422
+    assert "did not finish importing within the 3 s timeout" in resp.json["error"]["message"]
+
+
+def test_a_number_too_large_for_a_float_is_400_and_the_worker_lives(guarded: Server) -> None:
+    assert guarded.upload("echo", "def main(*a):\n    return a\n").status == 200
+    resp = guarded.request("POST", "/function/echo", b"[1e400]")
+    assert resp.status == 400 and resp.json["error"]["code"] == "bad_json"
+    resp = guarded.request("POST", "/function/echo", b'{"kwargs": {"x": -1e999}}')
+    assert resp.status == 400
+    assert guarded.call("echo", [1.5]).json["result"] == [1.5]
+
+
+def test_records_keep_at_most_64_kib_of_input_and_of_result(guarded: Server) -> None:
+    src = "def main(text, n):\n    return 'r' * n\n"
+    assert guarded.upload("big", src).status == 200
+    assert guarded.call("big", ["x" * (5 * 1024 * 1024), 100 * 1024]).status == 200
+    assert guarded.call("big", ["small", 10]).status == 200
+    records = guarded.request("GET", "/admin/logs/big").json
+    big, small = records[-2], records[-1]
+    assert big["args"] is None and big["kwargs"] is None and big["input_truncated"] is True
+    assert big["input_bytes"] > 5 * 1024 * 1024
+    assert big["result"] is None and big["result_truncated"] is True and big["result_bytes"] == 100 * 1024 + 2
+    assert small["args"] == ["small", 10] and small["result"] == "r" * 10 and "input_truncated" not in small
+    log_dir = guarded.root / "data" / "logs" / "big"
+    assert sum(f.stat().st_size for f in log_dir.iterdir()) < 300 * 1024
+
+
+# -- deleting and replacing during calls ------------------------------------------------------------------------
+
+@pytest.fixture
+def narrow(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("narrow"), wheels, ["--timeout", "5", "--max-workers", "2"]).start()
+    try:
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def test_calls_taken_before_a_delete_finish_and_read_their_files(narrow: Server) -> None:
+    src = "import os, time\ndef main():\n    time.sleep(1)\n" \
+          "    return open(os.path.join(os.path.dirname(__file__), 'func.py')).read()[:12]\n"
+    assert narrow.upload("doomed", src).status == 200
+    with ThreadPoolExecutor(5) as pool:
+        calls = [pool.submit(narrow.call, "doomed") for _ in range(5)]  # 2 running, 3 queued
+        time.sleep(0.4)
+        assert narrow.request("DELETE", "/admin/functions/doomed").status == 200
+        results = [f.result() for f in calls]
+    assert [r.status for r in results] == [200] * 5
+    assert all(r.json["result"] == "import os, t" for r in results)
+    assert narrow.call("doomed").status == 404
+    deadline = time.monotonic() + 10  # the janitor removes the folder once the last call is done
+    while (narrow.root / "functions" / "doomed").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (narrow.root / "functions" / "doomed").exists()
+
+
+def test_upload_and_delete_racing_with_calls_never_fail_a_call(narrow: Server) -> None:
+    src = "import os\ndef main():\n    return open(os.path.join(os.path.dirname(__file__), 'func.py')).read()[:6]\n"
+    assert narrow.upload("churn", src).status == 200
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            resp = narrow.call("churn")
+            statuses.append(resp.status)
+            if resp.status not in (200, 404):
+                print(resp.raw)
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(8):
+            assert narrow.request("DELETE", "/admin/functions/churn").status == 200
+            assert narrow.upload("churn", src).status == 200
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert set(statuses) <= {200, 404} and statuses.count(200) > 10
+
+
+def test_a_worker_that_cannot_start_is_502_and_recorded(narrow: Server) -> None:
+    assert narrow.upload("nopython", "def main():\n    return 1\n").status == 200
+    narrow.stop()
+    venv = (narrow.root / "functions" / "nopython" / "venv").resolve()
+    for link in (venv / "bin").glob("python*"):
+        link.unlink()
+    narrow.start()
+    resp = narrow.call("nopython")
+    assert resp.status == 502 and resp.json["error"]["code"] == "function_start_failed"
+    record = narrow.request("GET", "/admin/logs/nopython").json[-1]
+    assert record["status"] == "crashed"
+
+
+def test_sigterm_during_uploads_answers_them_200_or_503(narrow: Server) -> None:
+    src = "import time\ntime.sleep(1.5)\ndef main():\n    return 1\n"
+    with ThreadPoolExecutor(3) as pool:
+        uploads = [pool.submit(narrow.upload, f"slow{i}", src) for i in range(3)]
+        time.sleep(0.5)
+        narrow.proc.send_signal(signal.SIGTERM)
+        statuses = [f.result().status for f in uploads]
+    assert narrow.proc.wait(20) == 0
+    assert set(statuses) <= {200, 503}, statuses
+
+
+# -- the server as an ordinary user -----------------------------------------------------------------------------
+
+def _python_for(uid: int) -> str | None:
+    """An interpreter that `uid` may run (this machine's own may live under /root)."""
+    check = "import subprocess, sys; print(subprocess.run([sys.executable, '-c', 'pass']).returncode == 0 " \
+            "and sys.version_info >= (3, 10))"
+    for python in ("/usr/bin/python3", os.path.realpath(sys.executable)):
+        done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", python, "-c",
+                               check], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() == "True":
+            return python
+    return None
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to start the server as another user")
+@pytest.mark.parametrize("mode", ["namespace-user", "subreaper"])
+def test_as_an_ordinary_user_containment_degrades_honestly(tmp_path_factory: pytest.TempPathFactory,
+                                                           wheels: Path, mode: str) -> None:
+    nobody = 65534
+    python = _python_for(nobody)
+    assert python is not None, "no Python interpreter here that an unprivileged user may run"
+    home = Path("/tmp") / f"tinyfaas-nobody-{os.getpid()}-{mode}"
+    subprocess.run(["rm", "-rf", str(home)], check=True)
+    home.mkdir(mode=0o755)
+    os.chown(home, nobody, nobody)
+    site = Path(psutil.__file__).parent.parent
+    server = Server(home, wheels, ["--isolation", mode, "--timeout", "3"], python=python,
+                    prefix=["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"],
+                    env={"PYTHONPATH": f"{REPO}:{site}"})
+    try:
+        server.start()
+        status = server.request("GET", "/admin/status").json["isolation"]
+        assert status == {"per_function_user": False, "max_processes": 0, "mode": mode,
+                          "process_tree": "subreaper" if mode == "subreaper" else "pid-namespace"}
+        assert "the server is not root" in server.log()
+        src = "import os\ndef main():\n    return [os.getuid(), sorted(os.environ)]\n"
+        assert server.upload("who", src).status == 200
+        uid, env = server.call("who").json["result"]
+        assert uid == nobody and "TINYFAAS_PASSWORD" not in env and "PYTHONPATH" not in env
+        mark = "983.5"
+        assert server.upload("daemon", DAEMON).status == 200
+        assert server.call("daemon", [mark]).json["result"] == "spawned"
+        assert server.request("DELETE", "/admin/functions/daemon").status == 200
+        assert _wait_gone(["sleep", mark], 3) == []
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.stop()
+        subprocess.run(["rm", "-rf", str(home)], check=False)
