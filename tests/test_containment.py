@@ -324,6 +324,17 @@ def test_records_keep_at_most_64_kib_of_input_and_of_result(guarded: Server) -> 
     assert sum(f.stat().st_size for f in log_dir.iterdir()) < 300 * 1024
 
 
+def test_after_the_gallery_the_server_and_every_other_function_still_serve(guarded: Server) -> None:
+    """Runs after the hostile functions above, on the same server: nothing they did is noticed."""
+    assert guarded.proc.poll() is None
+    names = guarded.request("GET", "/admin/functions").json
+    assert {"envdump", "killer", "hog6", "stray", "bigfile", "forkexit", "orphans", "echo"} <= set(names)
+    assert guarded.call("envdump").status == 200 and guarded.call("echo", [1]).json["result"] == [1]
+    assert guarded.call("fds").status == 200 and guarded.call("hog6", [1, 1]).json["result"] == "survived"
+    assert guarded.request("GET", "/admin/status").json["functions"] == len(names)
+    assert "bug while serving" not in guarded.log()
+
+
 # -- deleting and replacing during calls ------------------------------------------------------------------------
 
 @pytest.fixture
@@ -395,10 +406,11 @@ def test_a_worker_that_cannot_start_is_502_and_recorded(narrow: Server) -> None:
 
 
 def test_sigterm_during_uploads_answers_them_200_or_503(narrow: Server) -> None:
-    src = "import time\ntime.sleep(1.5)\ndef main():\n    return 1\n"
-    with ThreadPoolExecutor(3) as pool:
-        uploads = [pool.submit(narrow.upload, f"slow{i}", src) for i in range(3)]
-        time.sleep(0.5)
+    src = "import time, greetlib\ntime.sleep(0.5)\ndef main():\n    return 1\n"
+    with ThreadPoolExecutor(3) as pool:  # pip runs while the server is told to stop; workers start after
+        uploads = [pool.submit(narrow.upload, f"slow{i}", src, "greetlib" if i else "greetlib\notherlib")
+                   for i in range(3)]
+        time.sleep(0.3)
         narrow.proc.send_signal(signal.SIGTERM)
         statuses = [f.result().status for f in uploads]
     assert narrow.proc.wait(20) == 0

@@ -291,8 +291,7 @@ class Pool:
             return self._start()
         if item is _REFUSED:
             raise ServiceUnavailable("the server is shutting down", code="shutting_down", close=True)
-        assert isinstance(item, Worker)
-        return item
+        return item  # type: ignore[return-value]  # a worker
 
     def _start(self) -> Worker:
         try:
