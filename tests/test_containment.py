@@ -23,6 +23,12 @@ import pytest
 from harness import REPO, Server
 
 IS_ROOT = os.geteuid() == 0
+_RUN = f"{os.getpid() % 1000}.{int(time.time()) % 100000}"  # marks of daemons of this run, found by cmdline
+
+
+def _mark(n: int) -> str:
+    """A `sleep` argument no other run (or leftover of one) uses."""
+    return f"{900 + n}{_RUN}"
 PASSWORD_ENV = {"TINYFAAS_PASSWORD": "1234", "SERVER_ONLY_SECRET": "do-not-leak"}
 
 DAEMON = """import os, sys
@@ -164,7 +170,7 @@ def test_a_function_cannot_kill_the_server(guarded: Server) -> None:
 
 
 def test_a_daemon_ends_with_its_worker_on_delete(guarded: Server) -> None:
-    mark = "987.25" + str(len(_modes()))
+    mark = _mark(1)
     assert guarded.upload("daemon", DAEMON).status == 200
     assert guarded.call("daemon", [mark]).json["result"] == "spawned"
     assert _procs_with(["sleep", mark])  # it really runs, detached in a session of its own
@@ -173,7 +179,7 @@ def test_a_daemon_ends_with_its_worker_on_delete(guarded: Server) -> None:
 
 
 def test_a_daemon_ends_when_its_call_times_out(guarded: Server) -> None:
-    mark = "986.5"
+    mark = _mark(2)
     src = DAEMON.replace('    return "spawned"', '    import time\n    time.sleep(60)')
     assert guarded.upload("daemon-timeout", src).status == 200
     assert guarded.call("daemon-timeout", [mark]).status == 504
@@ -181,13 +187,14 @@ def test_a_daemon_ends_when_its_call_times_out(guarded: Server) -> None:
 
 
 def test_a_worker_that_exits_is_502_at_once_even_if_its_child_holds_the_channel(guarded: Server) -> None:
-    src = ("import os, subprocess, time\ndef main():\n    subprocess.Popen(['sleep', '20'])\n"
+    src = ("import os, subprocess, time\ndef main(mark):\n    subprocess.Popen(['sleep', mark])\n"
            "    if os.fork() == 0:\n        time.sleep(20)\n        os._exit(0)\n    os._exit(1)\n")
     assert guarded.upload("forkexit", src).status == 200
     start = time.monotonic()
-    resp = guarded.call("forkexit")
+    mark = _mark(6)
+    resp = guarded.call("forkexit", [mark])
     assert resp.status == 502 and time.monotonic() - start < 1.0  # the timeout is 3 s
-    assert _wait_gone(["sleep", "20"], 3) == []
+    assert _wait_gone(["sleep", mark], 3) == []
 
 
 def test_orphans_are_reaped(guarded: Server) -> None:
@@ -265,7 +272,7 @@ def test_nothing_of_the_tree_outlives_a_server_sigkill(tmp_path_factory: pytest.
                                                        wheels: Path) -> None:
     for mode in _modes():
         server = Server(tmp_path_factory.mktemp("sigkill"), wheels, ["--isolation", mode]).start()
-        mark = "985.125"
+        mark = _mark(3)
         assert server.upload("daemon", DAEMON).status == 200
         src = "import os, time\ndef main():\n    for _ in range(20):\n        if os.fork() == 0:\n" \
               "            time.sleep(60)\n            os._exit(0)\n    return 'forked'\n"
@@ -287,7 +294,7 @@ def test_nothing_of_the_tree_outlives_a_server_sigkill(tmp_path_factory: pytest.
 
 def test_a_server_sigterm_ends_daemons_too(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> None:
     server = Server(tmp_path_factory.mktemp("sigterm"), wheels).start()
-    mark = "984.75"
+    mark = _mark(4)
     assert server.upload("daemon", DAEMON).status == 200
     assert server.call("daemon", [mark]).json["result"] == "spawned"
     assert server.stop() == 0
@@ -456,7 +463,7 @@ def test_as_an_ordinary_user_containment_degrades_honestly(tmp_path_factory: pyt
         assert server.upload("who", src).status == 200
         uid, env = server.call("who").json["result"]
         assert uid == nobody and "TINYFAAS_PASSWORD" not in env and "PYTHONPATH" not in env
-        mark = "983.5"
+        mark = _mark(5)
         assert server.upload("daemon", DAEMON).status == 200
         assert server.call("daemon", [mark]).json["result"] == "spawned"
         assert server.request("DELETE", "/admin/functions/daemon").status == 200
