@@ -111,6 +111,18 @@ def test_the_environment_is_built_from_nothing(guarded: Server) -> None:
     assert "do-not-leak" not in json.dumps(env) and "1234" not in json.dumps(env)
 
 
+def test_the_view_of_the_files_has_a_private_tmp_and_dev(guarded: Server) -> None:
+    src = ("import os\ndef main():\n    open('/tmp/x', 'w').write('x')\n    open('/dev/null', 'w').write('x')\n"
+           "    return [sorted(os.listdir('/dev')), os.listdir('/tmp'), os.urandom(4).hex() != '']\n")
+    assert guarded.upload("view", src).status == 200
+    dev, tmp, _ = guarded.call("view").json["result"]
+    if _mode(guarded) == "subreaper":
+        assert "x" in tmp  # the host's /tmp
+        return
+    assert dev == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
+    assert set(tmp) <= {"x", "pytest-of-root"}  # only the paths it is shown (its own folders under pytest's)
+
+
 def test_a_worker_holds_no_descriptor_but_its_channel_and_stdio(guarded: Server) -> None:
     src = "import os\ndef main():\n    return sorted(int(fd) for fd in os.listdir('/proc/self/fd'))\n"
     assert guarded.upload("fds", src).status == 200
@@ -150,6 +162,13 @@ def test_each_function_has_its_own_uid_and_sees_only_its_files(guarded: Server) 
     assert len(owner) == 2 and owner <= set(range(200000, 300000))
     assert (scratch / "note").stat().st_uid in owner
     assert "WHO = 'victim'" in victim_code.read_text()
+    assert (root / "data").stat().st_mode & 0o777 == 0o700
+    limits = ("import os, resource\ndef main():\n    status = open('/proc/self/status').read()\n"
+              "    return [os.getgroups(), 'NoNewPrivs:\\t1' in status, os.getgid() == os.getuid(),\n"
+              "            [resource.getrlimit(r)[0] for r in (resource.RLIMIT_NOFILE, resource.RLIMIT_CORE,\n"
+              "             resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE)]]\n")
+    assert guarded.upload("limits", limits).status == 200
+    assert guarded.call("limits").json["result"] == [[], True, True, [1024, 0, 64, 100 * 1024 * 1024]]
 
 
 def test_a_function_cannot_kill_the_server(guarded: Server) -> None:
@@ -175,6 +194,14 @@ def test_a_daemon_ends_with_its_worker_on_delete(guarded: Server) -> None:
     assert guarded.call("daemon", [mark]).json["result"] == "spawned"
     assert _procs_with(["sleep", mark])  # it really runs, detached in a session of its own
     assert guarded.request("DELETE", "/admin/functions/daemon").status == 200
+    assert _wait_gone(["sleep", mark], 3) == []
+
+
+def test_a_daemon_ends_when_its_function_is_replaced(guarded: Server) -> None:
+    mark = _mark(7)
+    assert guarded.upload("daemon-replaced", DAEMON).status == 200
+    assert guarded.call("daemon-replaced", [mark]).json["result"] == "spawned"
+    assert guarded.upload("daemon-replaced", DAEMON + "\n# v2\n").status == 200
     assert _wait_gone(["sleep", mark], 3) == []
 
 
@@ -290,6 +317,20 @@ def test_nothing_of_the_tree_outlives_a_server_sigkill(tmp_path_factory: pytest.
             time.sleep(0.05)
         assert alive == [], (mode, alive)
         assert _procs_with(["sleep", mark]) == []
+
+
+def test_a_daemon_ends_when_its_worker_idles_out(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> None:
+    server = Server(tmp_path_factory.mktemp("idle"), wheels, ["--idle-timeout", "0.5"]).start()
+    try:
+        mark = _mark(8)
+        assert server.upload("daemon", DAEMON).status == 200
+        assert server.call("daemon", [mark]).json["result"] == "spawned"
+        assert _procs_with(["sleep", mark])
+        assert _wait_gone(["sleep", mark], 8) == []  # the janitor sweeps every 5 s
+        assert server.call("daemon", [_mark(9)]).json["result"] == "spawned"  # a new worker on demand
+    finally:
+        server.stop()
+    assert _wait_gone(["sleep", _mark(9)], 3) == []
 
 
 def test_a_server_sigterm_ends_daemons_too(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> None:

@@ -60,7 +60,7 @@ def _mount(source, target, fstype, flags, data=None) -> None:
            f"mount {target}")
 
 
-def _bind(source: str, target: str, writable: bool) -> None:
+def _bind(source: str, target: str, writable: bool, device: bool = False) -> None:
     if os.path.isdir(source):
         os.makedirs(target, 0o755, exist_ok=True)
     else:
@@ -69,7 +69,7 @@ def _bind(source: str, target: str, writable: bool) -> None:
             open(target, "wb").close()
     _mount(source, target, None, MS_BIND | MS_REC)
     locked = os.statvfs(target).f_flag  # flags a user namespace may not clear must be kept on remount
-    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if device else MS_NODEV)
     for st, ms in _STATVFS_TO_MS:
         if locked & st:
             flags |= ms
@@ -92,7 +92,7 @@ def _build_root(spec: dict) -> None:
     os.mkdir(dev, 0o755)
     _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
     for name in DEVICES:
-        _bind("/dev/" + name, f"{dev}/{name}", True)
+        _bind("/dev/" + name, f"{dev}/{name}", True, device=True)
     os.mkdir(dev + "/shm")
     _mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
