@@ -16,8 +16,8 @@ system calls Python 3.11 lacks). Strategy, by mode:
   worker's tree is reparented to it, forks the worker, and when the worker exits kills whatever is left.
 
 Either way the watcher (PID 1, or the subreaper) exits when the server goes away, however it ended: the
-server holds the write end of the lifeline pipe, and its end of file is the signal. It also sums the resident
-memory of the worker's processes a few times a second and kills the tree past `--memory-mb` (RLIMIT_AS bounds each
+server holds the write end of the lifeline pipe, and its end of file is the signal. It also sums the memory
+(PSS) of the worker's processes a few times a second and kills the tree past `--memory-mb` (RLIMIT_AS bounds each
 process, not their sum). Setup failures are reported over the channel as a failed hello (see protocol.py).
 """
 
@@ -42,6 +42,21 @@ _STATVFS_TO_MS = ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_N
                   (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _load_protocol():
+    """protocol.py, by path: under `-I -S` the package itself is not importable."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_tinyfaas_protocol",
+                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                               "protocol.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+protocol = _load_protocol()
 
 
 class SandboxError(Exception):
@@ -141,15 +156,19 @@ def _exec_worker(spec: dict, channel: int) -> None:
     os.execve(spec["argv"][0], spec["argv"], spec["env"])
 
 
-def _rss(pids) -> int:
+def _memory(pids) -> int:
+    """Bytes the processes hold, by PSS: pages shared after a fork count once in all, not once per process."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                total += int(f.read().split()[1])
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
         except (OSError, ValueError, IndexError):
-            pass
-    return total * resource.getpagesize()
+            pass  # it ended meanwhile
+    return total
 
 
 def _namespace_pids() -> list:
@@ -223,21 +242,21 @@ def _watch(spec: dict, worker: int, lifeline: int, tree) -> int:
             return 137  # the server is gone
         if wake_r in ready:
             os.read(wake_r, 512)
-        if limit and _rss(tree()) > limit:
-            return spec["exit_memory"]
+        if limit and _memory(tree()) > limit:
+            return protocol.EXIT_MEMORY
 
 
 def _fail(channel: int, exc: BaseException, exit_code: int) -> None:
-    info = {"type": "SandboxError", "message": f"the worker could not be started in its sandbox: {exc}",
-            "line": None, "traceback": ""}
-    payload = b"e" + json.dumps(info).encode()
+    """Report a setup failure as the worker's failed hello (or on stderr to the server's probe), and exit."""
+    message = f"the worker could not be started in its sandbox: {exc}"
     if channel >= 0:
+        info = {"type": "SandboxError", "message": message, "line": None, "traceback": ""}
         try:
-            os.write(channel, len(payload).to_bytes(4, "big") + b"\0\0\0\0" + payload)
+            os.write(channel, protocol.frame(0, protocol.ERROR + json.dumps(info).encode()))
         except OSError:
             pass
     else:
-        sys.stderr.write(info["message"] + "\n")
+        sys.stderr.write(message + "\n")
     os._exit(exit_code)
 
 
@@ -251,7 +270,7 @@ def _namespaces(spec: dict, channel: int, lifeline: int) -> int:
                 with open(f"/proc/self/{name}", "w") as f:
                     f.write(text)
     except (OSError, SandboxError) as exc:
-        _fail(channel, exc, spec["exit_sandbox"])
+        _fail(channel, exc, protocol.EXIT_SANDBOX)
     init = os.fork()
     if init:  # outside the namespace: wait for its PID 1, which dies with us (PDEATHSIG)
         os.close(lifeline)
@@ -262,7 +281,7 @@ def _namespaces(spec: dict, channel: int, lifeline: int) -> int:
         _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         _build_root(spec)
     except (OSError, SandboxError) as exc:
-        _fail(channel, exc, spec["exit_sandbox"])
+        _fail(channel, exc, protocol.EXIT_SANDBOX)
     worker = _fork_worker(spec, channel, lifeline)
     os._exit(_watch(spec, worker, lifeline, _namespace_pids))  # PID 1 exits: the kernel kills the rest
 
@@ -275,7 +294,7 @@ def _fork_worker(spec: dict, channel: int, lifeline: int) -> int:
             _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
             _exec_worker(spec, channel)
         except BaseException as exc:  # noqa: B902 - whatever it was, the worker must not run unsandboxed
-            _fail(channel, exc, spec["exit_sandbox"])
+            _fail(channel, exc, protocol.EXIT_SANDBOX)
     if channel >= 0:
         os.close(channel)
     return worker
@@ -285,7 +304,7 @@ def _subreaper(spec: dict, channel: int, lifeline: int) -> int:
     try:
         _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "subreaper")
     except SandboxError as exc:
-        _fail(channel, exc, spec["exit_sandbox"])
+        _fail(channel, exc, protocol.EXIT_SANDBOX)
     worker = _fork_worker(spec, channel, lifeline)
     me = os.getpid()
     code = _watch(spec, worker, lifeline, lambda: _descendants(me))

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import protocol
 
 __all__ = ["Sandbox", "SandboxUnavailable", "Isolation", "WorkerSpec", "LAUNCHER", "WORKER_SCRIPT"]
 
@@ -148,8 +147,7 @@ class Sandbox:
         return {"mode": mode, "argv": argv, "env": env, "uid": uid, "channel": channel, "lifeline": self._life_r,
                 "root": str(root), "mounts": [(p, "ro") for p in self._system] + mounts,
                 "cwd": cwd, "memory_bytes": self._memory, "max_file_bytes": self._max_file,
-                "max_processes": self._max_processes if mode == "namespace-root" else 0,
-                "exit_memory": protocol.EXIT_MEMORY, "exit_sandbox": protocol.EXIT_SANDBOX}
+                "max_processes": self._max_processes if mode == "namespace-root" else 0}
 
 
 def _server_stderr() -> int | None:
