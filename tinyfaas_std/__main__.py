@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _report_isolation(isolation: dict) -> None:
+    if isolation["per_function_user"]:
+        log.info("containment: each function under its own uid, in its own PID and mount namespaces")
+        return
+    hidden = isolation["process_tree"] == "pid-namespace"
+    log.warning("containment (%s): functions run under the server's own uid %d, with no bound on their processes; "
+                "%s. For a uid per function, run the server as root where namespaces are allowed.", isolation["mode"], os.geteuid(),
+                "namespaces hide data/, other functions and the server from them" if hidden else
+                "no namespaces are allowed here, so they can read what the server can and signal it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,14 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.password == DEFAULT_PASSWORD and not _is_loopback(config.host):
         log.warning("the default password is in use on a non-loopback address: set --password or "
                     "TINYFAAS_PASSWORD")
-    isolation = manager.sandbox.isolation
-    if isolation.per_function_user:
-        log.info("containment: each function under its own uid, in its own PID and mount namespaces")
-    else:
-        log.warning("containment: the server is not root, so functions run under its uid (%s); they could read "
-                    "its files and signal it where namespaces do not hide them. Run as root for a uid per "
-                    "function.", "namespaces hide data/ and the server" if isolation.process_tree == "pid-namespace"
-                    else "no namespaces are allowed here: they share its view of the files")
+    _report_isolation(manager.sandbox.isolation.public())
 
     def janitor() -> None:
         while not stopping.wait(JANITOR_INTERVAL):
