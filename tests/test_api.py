@@ -255,13 +255,13 @@ def test_delete_removes_code_venv_link_and_logs(server: Server) -> None:
 
 def test_a_client_that_stalls_mid_head_gets_408(server: Server) -> None:
     start = time.monotonic()
-    raw = raw_exchange(server.port, b"GET /admin/functions HTTP/1.1\r\nHost: x\r\n", timeout=30)
+    raw = raw_exchange(server.port, b"GET /admin/functions HTTP/1.1\r\nHost: x\r\n", timeout=10)
     assert raw.startswith(b"HTTP/1.1 408 ")
-    assert time.monotonic() - start < 30  # --client-timeout is 3 s in this module
+    assert 3 - 0.1 <= time.monotonic() - start < 3 + 2  # --client-timeout is 3 s in this module
 
 
 def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         start = time.monotonic()
         assert sock.recv(1) == b""  # closed by the server, not by our timeout
-        assert time.monotonic() - start < 30
+        assert 3 - 0.1 <= time.monotonic() - start < 3 + 2  # --client-timeout is 3 s in this module

@@ -43,9 +43,11 @@ def test_two_functions_with_different_requirements_see_only_their_own(server: Se
 
 
 def test_identical_requirements_share_a_venv_without_running_pip(server: Server) -> None:
-    assert server.upload("greeter_one", USES_GREETLIB, requirements="greetlib==1.0").status == 200
-    resp = server.upload("greeter_two", USES_GREETLIB, requirements="greetlib==1.0")
-    assert resp.status == 200 and resp.json["build_seconds"] < 5
+    requirements = "greetlib==1.0\notherlib==2.0\n"  # a set no other test of this module installs: the first runs pip
+    one = server.upload("greeter_one", USES_GREETLIB, requirements=requirements)
+    assert one.status == 200
+    two = server.upload("greeter_two", USES_GREETLIB, requirements=requirements)
+    assert two.status == 200 and two.json["build_seconds"] < one.json["build_seconds"] / 2, (one.json, two.json)
     one = os.readlink(server.root / "functions" / "greeter_one" / "venv")
     two = os.readlink(server.root / "functions" / "greeter_two" / "venv")
     assert one == two
@@ -90,18 +92,20 @@ def test_a_timeout_is_504_kills_the_worker_and_its_children(server: Server) -> N
            "    if sleep:\n        subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
            "        time.sleep(60)\n    return 'awake'\n")
     assert server.upload("sleeper", src).status == 200
-    before = {p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)}
+    assert server.call("sleeper", [False]).json["result"] == "awake"  # the warm worker the next call hangs in
+    hung = [p for p in psutil.Process(server.proc.pid).children(recursive=True) if "sleeper" in " ".join(p.cmdline())]
+    assert hung
     start = time.monotonic()
     resp = server.call("sleeper", [True])
     assert resp.status == 504 and resp.json["error"]["code"] == "function_timeout"
-    assert time.monotonic() - start < 20  # --timeout is 2 s here
+    assert 2 <= time.monotonic() - start < 2 + 2.5  # --timeout is 2 s here
     assert server.call("sleeper", [False]).json["result"] == "awake"
     time.sleep(0.5)
     survivors = [p for p in psutil.process_iter(["cmdline"])
                  if p.info["cmdline"] and "time.sleep(60)" in " ".join(p.info["cmdline"])]
     assert survivors == []
-    assert server.request("GET", "/admin/logs/sleeper").json[0]["status"] == "timeout"
-    del before
+    assert not [p for p in hung if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert [r["status"] for r in server.request("GET", "/admin/logs/sleeper").json] == ["ok", "timeout", "ok"]
 
 
 def test_64_concurrent_calls_get_64_distinct_ids_all_logged(server: Server) -> None:
@@ -123,13 +127,13 @@ def test_64_concurrent_calls_get_64_distinct_ids_all_logged(server: Server) -> N
 
 
 def test_calls_to_one_function_run_in_parallel_workers(server: Server) -> None:
-    src = "import time, uuid\nTOKEN = uuid.uuid4().hex  # one per worker process (pids repeat across PID namespaces)\n\ndef main():\n    time.sleep(0.5)\n    return TOKEN\n"
+    src = "import time, uuid\nTOKEN = uuid.uuid4().hex  # one per worker process (pids repeat across PID namespaces)\n\ndef main():\n    time.sleep(1)\n    return TOKEN\n"
     assert server.upload("wide", src).status == 200
     start = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
         pids = list(pool.map(lambda _: server.call("wide").json["result"], range(4)))
     assert len(set(pids)) == 4  # four workers (the default limit), not one after another
-    assert time.monotonic() - start < 1.9 * 5
+    assert time.monotonic() - start < 2.0  # 1 s each: in series 4 s, two at a time 2 s
 
 
 def test_a_rejected_update_leaves_the_previous_version_serving(server: Server) -> None:
@@ -155,15 +159,16 @@ def test_calls_during_an_update_run_the_old_version_until_the_swap(server: Serve
             assert resp.status == 200
             seen.append(resp.json["result"])
 
-    thread = threading.Thread(target=caller)
-    thread.start()
-    try:
-        resp = server.upload("swapping", "import greetlib\n\ndef main():\n    return 'new'\n", requirements="greetlib")
-        assert resp.status == 200
-        time.sleep(0.2)
-    finally:
-        done.set()
-        thread.join()
+    with ThreadPoolExecutor(1) as pool:
+        calls = pool.submit(caller)
+        try:
+            resp = server.upload("swapping", "import greetlib\n\ndef main():\n    return 'new'\n",
+                                 requirements="greetlib")
+            assert resp.status == 200
+            time.sleep(0.2)
+        finally:
+            done.set()
+        calls.result()  # the caller's failed assertion (or error) fails the test here
     assert seen[0] == "old" and seen[-1] == "new"
     assert seen == sorted(seen, key=lambda v: v == "new")  # never back to old after new
 
@@ -188,16 +193,15 @@ def test_replacing_under_load_never_fails_a_call(server: Server) -> None:
             statuses.append(server.request("POST", "/function/hot", b"", conn=conn).status)
         conn.close()
 
-    threads = [threading.Thread(target=caller) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        for version in range(1, 6):
-            assert server.upload("hot", f"def main():\n    return {version}\n").status == 200
-    finally:
-        done.set()
-        for t in threads:
-            t.join()
+    with ThreadPoolExecutor(4) as pool:
+        callers = [pool.submit(caller) for _ in range(4)]
+        try:
+            for version in range(1, 6):
+                assert server.upload("hot", f"def main():\n    return {version}\n").status == 200
+        finally:
+            done.set()
+        for c in callers:
+            c.result()  # a caller's error fails the test here
     assert len(statuses) > 50 and set(statuses) == {200}
     assert server.call("hot").json["result"] == 5
 
@@ -205,13 +209,12 @@ def test_replacing_under_load_never_fails_a_call(server: Server) -> None:
 def test_a_call_in_flight_keeps_its_venv_when_the_function_is_replaced(server: Server) -> None:
     src = "import time\n\ndef main(wait):\n    time.sleep(wait)\n    import greetlib\n    return greetlib.greet('late')\n"
     assert server.upload("lazyimport", src, requirements="greetlib").status == 200
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=server.call("lazyimport", [1.0])))
-    thread.start()
-    time.sleep(0.3)
-    assert server.upload("lazyimport", "def main(wait):\n    return 'v2'\n").status == 200
-    thread.join()
-    assert result["r"].status == 200 and result["r"].json["result"] == "hello late"
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(server.call, "lazyimport", [1.0])
+        time.sleep(0.3)
+        assert server.upload("lazyimport", "def main(wait):\n    return 'v2'\n").status == 200
+        resp = in_flight.result()
+    assert resp.status == 200 and resp.json["result"] == "hello late"
     assert server.call("lazyimport", [0]).json["result"] == "v2"
 
 
@@ -225,13 +228,12 @@ def test_workers_run_in_their_versions_folder(server: Server) -> None:
 
 def test_deleting_during_a_call_finishes_it_and_the_log_stays_gone(server: Server) -> None:
     assert server.upload("brief", "import time\n\ndef main():\n    time.sleep(1)\n    return 'x'\n").status == 200
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=server.call("brief")))
-    thread.start()
-    time.sleep(0.3)
-    assert server.request("DELETE", "/admin/functions/brief").status == 200
-    thread.join()
-    assert result["r"].status in (200, 502)
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(server.call, "brief")
+        time.sleep(0.3)
+        assert server.request("DELETE", "/admin/functions/brief").status == 200
+        resp = in_flight.result()
+    assert resp.status in (200, 502)
     assert not (server.root / "data" / "logs" / "brief").exists()
     assert server.upload("brief", "def main():\n    return 'new'\n").status == 200
     assert server.request("GET", "/admin/functions/brief").json["invocations"] == 0
@@ -242,7 +244,7 @@ def test_results_up_to_the_limit_come_back_and_larger_ones_are_errors(server: Se
     start = time.monotonic()
     resp = server.call("big", [5 * 1024 * 1024])
     assert resp.status == 200 and len(resp.json["result"]) == 5 * 1024 * 1024
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 1.5  # about 0.1 s; well inside the 2 s timeout of this module's server
     resp = server.call("big", [7 * 1024 * 1024])
     assert resp.status == 500 and "limit" in resp.json["error"]["message"]
 

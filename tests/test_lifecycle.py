@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 
@@ -47,15 +48,16 @@ def test_sigkill_under_load_loses_no_answered_call(fresh_server: Server) -> None
                 answered.append(resp.json["id"])
             i += 1
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)
-    server.proc.kill()
-    server.proc.wait()
-    stop.set()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(client) for _ in range(4)]
+        try:
+            time.sleep(1.0)
+            server.proc.kill()
+            server.proc.wait()
+        finally:
+            stop.set()
+        for c in clients:
+            c.result()  # a client's error fails the test here
     assert len(answered) > 20
     json.loads((server.root / "data" / "functions.json").read_text())
     server.start()
@@ -72,16 +74,15 @@ def test_sigterm_finishes_calls_in_flight_refuses_new_ones_and_stops_workers(fre
     assert server.request("POST", "/function/quick", b"", conn=keep_alive).status == 200
     workers = psutil.Process(server.proc.pid).children(recursive=True)
     assert workers
-    result: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: result.update(r=server.call("slow")))
-    thread.start()
-    time.sleep(0.5)
-    server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    late = server.request("POST", "/function/quick", b"", conn=keep_alive)
-    assert late.status == 503 and late.json["error"]["code"] == "shutting_down"
-    thread.join()
-    assert result["r"].status == 200 and result["r"].json["result"] == "done"
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(server.call, "slow")
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        late = server.request("POST", "/function/quick", b"", conn=keep_alive)
+        assert late.status == 503 and late.json["error"]["code"] == "shutting_down"
+        resp = in_flight.result()
+    assert resp.status == 200 and resp.json["result"] == "done"
     assert server.proc.wait(20) == 0
     time.sleep(0.2)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
