@@ -134,7 +134,7 @@ def test_log_store_appends_reads_newest_and_counts(tmp_path) -> None:
     for i in range(25):
         log.append(_record(i, "ok" if i % 5 else "error"), is_error=not i % 5)
     assert [json.loads(x)["args"] for x in log.read(limit=3)] == [[22], [23], [24]]
-    assert len(log.read()) == 25
+    assert len(list(log.read())) == 25
     assert log.counts() == (25, 5)
     log.close()
     assert LogStore(tmp_path, retention=0).open("f").counts() == (25, 5)  # recounted from the files

@@ -80,14 +80,12 @@ class _Discard:
 _DISCARD = _Discard()
 
 
-def _depth(value, limit: int, depth: int = 0) -> None:
-    if depth > limit:
-        raise ValueError(f"the result is nested deeper than {limit} levels")
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _depth(item, limit, depth + 1)
-    elif isinstance(value, dict):
-        for item in value.values():
+def _depth(value, limit: int, depth: int = 1) -> None:
+    """Results obey the arguments' rule: containers nested at most `limit` deep, the outermost at level 1."""
+    if isinstance(value, (list, tuple, dict)):
+        if depth > limit:
+            raise ValueError(f"the result is nested deeper than {limit} levels")
+        for item in (value.values() if isinstance(value, dict) else value):
             _depth(item, limit, depth + 1)
 
 

@@ -74,13 +74,14 @@ class Call:
             raise BadBody("a number in the body is too large to be a float (e.g. 1e400)") from None
 
 
-def _depth_ok(value: Any, depth: int) -> bool:
-    if depth > MAX_DEPTH:
-        return False
-    if isinstance(value, list):
-        return all(_depth_ok(v, depth + 1) for v in value)
+def _depth_ok(value: Any, depth: int = 1) -> bool:
+    """Whether no array or object in `value` sits deeper than MAX_DEPTH; `depth` is the level `value` would
+    have if it is one (a top-level array is level 1). Scalars add no level. Tuples count as arrays, so a worker
+    can check a function's result with the same rule."""
+    if isinstance(value, (list, tuple)):
+        return depth <= MAX_DEPTH and all(_depth_ok(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return all(_depth_ok(v, depth + 1) for v in value.values())
+        return depth <= MAX_DEPTH and all(_depth_ok(v, depth + 1) for v in value.values())
     return True
 
 
@@ -95,7 +96,7 @@ def loads_strict(data: bytes) -> Any:
         raise
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise BadBody(f"the body is not valid JSON: {exc}") from None
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and not _depth_ok(value, 0):  # cheap test first
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and not _depth_ok(value):  # cheap test first
         raise BadBody(f"JSON nested deeper than {MAX_DEPTH} levels")
     return value
 

@@ -33,6 +33,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ class FunctionManager:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(config.data_dir, 0o700)  # the registry and every function's log: the server's alone
         self.registry = Registry(config.data_dir / "functions.json")
-        self.logs = LogStore(config.data_dir / "logs", config.log_retention)
+        self.logs = LogStore(config.data_dir / "logs", config.log_retention, retention_mb=config.log_retention_mb)
         self.venvs = VenvBuilder(self.functions_dir / ".venvs", config.pip_timeout)
         self.sandbox = Sandbox(root_dir=self.functions_dir / ".sandbox", hidden=[config.data_dir, self.functions_dir],
                                memory_mb=config.memory_mb, max_processes=config.max_processes,
@@ -143,7 +144,7 @@ class FunctionManager:
                 "limits": {"timeout_seconds": self.config.timeout, "memory_mb": self.config.memory_mb,
                            "max_workers": self.config.max_workers, "max_body_mb": self.config.max_body_mb}}
 
-    def read_logs(self, name: str, limit: int | None) -> list[bytes]:
+    def read_logs(self, name: str, limit: int | None) -> Iterator[bytes]:
         return self._get(name).log.read(limit)
 
     def upload(self, name: str, source: bytes, requirements_text: str | None) -> dict[str, Any]:

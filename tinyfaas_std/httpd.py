@@ -9,6 +9,12 @@ not used: it is lenient (it lets malformed framing through) and costs about half
 Every request passes through `_respond`, the one error boundary: a `FaasError` becomes its own status and JSON
 body; anything else is logged with its traceback and answered with a generic 500. Errors that leave the
 connection's framing in doubt (or a body unread) close the connection after the answer.
+
+HEAD is GET without the body (RFC 9110 9.3.2): the same status and fields, Content-Length included, and no body
+bytes, for errors too, so a pipelining client stays in step. An answer whose size is not known in advance (a
+whole log) is streamed: chunked to HTTP/1.1 clients, until close to HTTP/1.0 ones; an error once it has started
+can only close the connection. At most --max-connections connections are served at once; the next is answered
+503 on the accepting thread, without a thread of its own, and closed.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import json
 import logging
 import re
 import socket
+import threading
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +38,7 @@ from . import http11, multipart
 from .auth import Authenticator
 from .config import Config
 from .errors import (BadRequest, FaasError, HeaderFieldsTooLarge, InternalError, LengthRequired,
-                     MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout,
+                     MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
                      UnsupportedMediaType, UriTooLong)
 from .faas import FunctionManager
 from .sockets import set_timeouts
@@ -45,6 +52,7 @@ MAX_SMALL_BODY = 64 * 1024    # routes that take no body still read (and drop) t
 MIN_BODY_RATE = 64 * 1024     # bytes/s a client must sustain while sending a body, beyond --client-timeout
 _RECV = 16 * 1024          # a typical request whole in one recv; below malloc's mmap threshold
 _RECV_BULK = 1024 * 1024   # per recv while a large body is still due
+_SEND_BLOCK = 64 * 1024    # a streamed answer is written in pieces of about this size (one chunk each)
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -55,9 +63,11 @@ class _ClientGone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
+    """An answer: `body`, or for an answer of unknown size `stream`, its pieces (then `body` is unused)."""
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    stream: Generator[bytes, None, None] | None = None
 
 
 def _json(value: Any, status: int = 200) -> Reply:
@@ -119,8 +129,28 @@ def _delete(server: Server, _: http11.RequestHead, name: str, __: bytes) -> Repl
 
 
 def _logs(server: Server, req: http11.RequestHead, name: str, _: bytes) -> Reply:
-    lines = server.manager.read_logs(name, _limit(req.query))
-    return Reply(200, b"[" + b",".join(lines) + b"]")
+    lines = server.manager.read_logs(name, _limit(req.query))  # a lazy iterator: a log can be large
+    return Reply(200, b"", stream=_json_array(lines))
+
+
+def _json_array(items: Iterable[bytes]) -> Generator[bytes, None, None]:
+    """Already-encoded JSON values as the pieces of one JSON array. The first value is read now, inside the
+    error boundary, so a failure to read it is still a JSON error answer rather than a cut connection."""
+    rest = iter(items)
+    first = next(rest, None)
+    return _array_pieces(first, rest)
+
+
+def _array_pieces(first: bytes | None, rest: Iterator[bytes]) -> Generator[bytes, None, None]:
+    if first is None:
+        yield b"[]"
+        return
+    yield b"["
+    yield first
+    for item in rest:
+        yield b","
+        yield item
+    yield b"]"
 
 
 def _limit(query: str) -> int | None:
@@ -159,11 +189,13 @@ ROUTES: list[tuple[str, re.Pattern[str], Route, str | None]] = [
 
 
 def _route(method: str, path: str) -> tuple[Route, str, str | None]:
+    """The route for `method` on `path`; HEAD takes GET's (the handler then drops the body)."""
+    wanted = "GET" if method == "HEAD" else method
     allowed = []
     for route_method, pattern, route, limit in ROUTES:
         match = pattern.fullmatch(path)
         if match:
-            if route_method == method:
+            if route_method == wanted:
                 return route, (match.group(1) if match.groups() else ""), limit
             allowed.append(route_method)
     if allowed:
@@ -186,7 +218,36 @@ class Server(ThreadingHTTPServer):
         self.sampler = sampler
         self.auth = Authenticator(config.username, config.password)
         self.active: collections.deque[None] = collections.deque()  # one entry per request being answered
+        self.connections = 0  # being served, each by its thread; changed under _connections_lock
+        self._connections_lock = threading.Lock()
         super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on a thread of its own, unless --max-connections are being served: then it is
+        answered 503 here, on the accepting thread, and closed, so a flood of connections costs no threads."""
+        with self._connections_lock:
+            full = self.connections >= self.config.max_connections
+            if not full:
+                self.connections += 1
+        if full:
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: the connection is not being served
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._connections_lock:
+            self.connections -= 1
 
     def wait_idle(self, seconds: float) -> None:
         """Wait up to `seconds` for the requests being answered to be written out."""
@@ -219,29 +280,32 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         deadline = time.monotonic() + self.server.config.client_timeout
+        self._head_only, self._http10 = False, False  # what the answer must look like; known once parsed
         try:
             head = self._read_head(deadline)
         except FaasError as exc:  # a head too large, too slow or cut off: answer, then close
             self.close_connection = True
-            self._send(*self._error_reply(exc))
+            self._head_only = _is_head(self._buf)
+            self._send(self._error_reply(exc))
             return
         if head is None:
             self.close_connection = True
             return
         self.server.active.append(None)  # requests being answered: shutdown lets them finish writing
         try:
-            self._send(*self._respond(head))
+            self._send(self._respond(head))
         finally:
             self.server.active.pop()
 
-    def _respond(self, head: bytes) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+    def _respond(self, head: bytes) -> Reply:
         """The one error boundary: whatever happens, the client gets one JSON answer."""
         req, self._body_pending = None, False
+        self._head_only = _is_head(head)  # known even if the head does not parse
         try:
             req = http11.parse_head(head)
             self.close_connection = not req.keep_alive
-            reply = self._dispatch(req)
-            return reply.status, reply.body, reply.headers
+            self._http10 = req.version == (1, 0)
+            return self._dispatch(req)
         except FaasError as exc:
             if exc.close or (req is not None and self._body_pending):
                 self.close_connection = True
@@ -346,26 +410,109 @@ class Handler(BaseHTTPRequestHandler):
         self._buf[:] = rest  # the start of the next pipelined request
         return decoder.body()
 
-    def _error_reply(self, exc: FaasError) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+    def _error_reply(self, exc: FaasError) -> Reply:
         if exc.status >= 500 and exc.status != 503:
             log.info("answered %d %s to %s", exc.status, exc.code, self.client_address[0])
-        return exc.status, json.dumps(exc.body(), ensure_ascii=True, default=str).encode(), \
-            tuple(exc.headers.items())
+        return _error(exc)
 
-    def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
+    def _send(self, reply: Reply) -> None:
         """Head and body in one write. Every body ends in a newline, so curl output ends its line."""
-        if status == 200 and not headers and not self.close_connection:  # the hot path: one format, one write
-            self.connection.sendall(b"%s%d\r\n\r\n%s\n" % (_OK_HEAD, len(body) + 1, body))
-            return
-        lines = [f"HTTP/1.1 {status} {_reason(status)}", "Content-Type: application/json",
-                 f"Content-Length: {len(body) + 1}"]
-        lines += [f"{name}: {value}" for name, value in headers]
+        body = reply.body
+        if reply.stream is not None:
+            self._send_stream(reply, reply.stream)
+        elif reply.status == 200 and not (reply.headers or self.close_connection or self._head_only or self._http10):
+            self.connection.sendall(b"%s%d\r\n\r\n%s\n" % (_OK_HEAD, len(body) + 1, body))  # the hot path
+        else:
+            head = _head(reply.status, [f"Content-Length: {len(body) + 1}", *self._fields(reply)])
+            self.connection.sendall(head if self._head_only else head + body + b"\n")
+
+    def _send_stream(self, reply: Reply, pieces: Generator[bytes, None, None]) -> None:
+        """A body of unknown size: chunked to an HTTP/1.1 client; to an HTTP/1.0 one, until the connection closes
+        (RFC 9112 6.3). Written in pieces of about _SEND_BLOCK bytes (a larger piece as it is): what is held is one
+        piece, never the whole answer."""
+        chunked = not self._http10
+        self.close_connection |= not chunked
+        try:
+            framing = ["Transfer-Encoding: chunked"] if chunked else []
+            self._sendall(_head(reply.status, [*framing, *self._fields(reply)]))
+            if self._head_only:
+                return
+            pending = bytearray()
+            for piece in pieces:
+                if len(pending) + len(piece) >= _SEND_BLOCK:
+                    self._write_piece(pending, chunked)
+                    pending.clear()
+                    if len(piece) >= _SEND_BLOCK:  # a large piece goes out as it is, uncopied
+                        self._write_piece(piece, chunked)
+                        continue
+                pending += piece
+            pending += b"\n"
+            self._write_piece(pending, chunked)
+            if chunked:
+                self._sendall(b"0\r\n\r\n")
+        except _ClientGone:
+            raise
+        except Exception:  # the answer has started: the only honest signal left is a cut connection
+            self.close_connection = True
+            log.error("error while streaming the answer to %s:\n%s", self.client_address[0], traceback.format_exc())
+        finally:
+            pieces.close()  # release the files the pieces come from, also when not read to the end
+
+    def _write_piece(self, data: bytes | bytearray, chunked: bool) -> None:
+        if not data:
+            return  # a zero-size chunk would end the body
+        if chunked:
+            self._sendall(b"%x\r\n" % len(data))
+        self._sendall(data)
+        if chunked:
+            self._sendall(b"\r\n")
+
+    def _sendall(self, data: bytes | bytearray) -> None:
+        try:
+            self.connection.sendall(data)
+        except OSError:  # reset, or stalled past --client-timeout (SO_SNDTIMEO)
+            raise _ClientGone from None
+
+    def _fields(self, reply: Reply) -> list[str]:
+        """The reply's own fields and the connection's fate, beside the framing."""
+        fields = [f"{name}: {value}" for name, value in reply.headers]
         if self.close_connection:
-            lines.append("Connection: close")
-        self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body + b"\n")
+            fields.append("Connection: close")
+        elif self._http10:
+            fields.append("Connection: keep-alive")  # an HTTP/1.0 client closes unless told (RFC 9112 9.3)
+        return fields
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.info("%s %s", self.client_address[0], escape(format % args))
+
+
+def _is_head(request: bytes | bytearray) -> bool:
+    """Whether the request (its head, or the part of it read so far) is a HEAD request."""
+    return bytes(request[:16]).lstrip(b"\r\n").startswith(b"HEAD ")
+
+
+def _head(status: int, fields: list[str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_reason(status)}", "Content-Type: application/json", *fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _error(exc: FaasError) -> Reply:
+    return Reply(exc.status, json.dumps(exc.body(), ensure_ascii=True, default=str).encode(),
+                 tuple(exc.headers.items()))
+
+
+def _refuse(request: socket.socket) -> None:
+    """Answer 503 on a connection past --max-connections, without blocking the accepting thread."""
+    reply = _error(ServiceUnavailable("the server is serving as many connections as --max-connections allows; "
+                                      "try again later", code="too_many_connections"))
+    head = _head(reply.status, [f"Content-Length: {len(reply.body) + 1}", "Connection: close"])
+    try:
+        request.setblocking(False)
+        request.send(head + reply.body + b"\n")  # a few hundred bytes: a new connection's buffer takes them
+        # Take what the client already sent: closing with it unread resets the connection, losing the answer.
+        request.recv(MAX_SMALL_BODY)
+    except OSError:  # nothing sent yet (EAGAIN) or the client is gone: the close follows either way
+        pass
 
 
 def _too_large(buf: bytearray) -> FaasError:
