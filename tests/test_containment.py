@@ -374,6 +374,41 @@ def test_records_keep_at_most_64_kib_of_input_and_of_result(guarded: Server) -> 
     assert sum(f.stat().st_size for f in log_dir.iterdir()) < 300 * 1024
 
 
+def test_what_a_worker_writes_to_its_descriptors_1_and_2_never_reaches_the_server(guarded: Server) -> None:
+    src = ("import os\ndef main(mark):\n    os.write(1, mark.encode())\n    os.write(2, mark.encode())\n"
+           "    try:\n        os.ftruncate(2, 0)\n    except OSError:\n        pass\n    return 'ok'\n")
+    assert guarded.upload("fdwriter", src).status == 200
+    before = guarded.log()
+    mark = "FORGED-SERVER-LINE-" + _RUN
+    assert guarded.call("fdwriter", [mark]).json["result"] == "ok"
+    time.sleep(0.2)
+    after = guarded.log()
+    assert mark not in after and after.startswith(before)  # not written, not wiped
+
+
+def test_system_v_shared_memory_dies_with_the_worker(guarded: Server) -> None:
+    if _mode(guarded) == "subreaper":
+        return  # no IPC namespace without namespaces (README)
+    src = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\ndef main():\n"
+           "    return libc.shmget(0, 4 * 1024 * 1024, 0o1600)\n")  # IPC_PRIVATE, IPC_CREAT | 0600
+    assert guarded.upload("shm", src).status == 200
+    before = Path("/proc/sysvipc/shm").read_text().count("\n")
+    assert guarded.call("shm").json["result"] >= 0
+    assert Path("/proc/sysvipc/shm").read_text().count("\n") == before  # not in the host's IPC namespace
+
+
+def test_an_answer_that_trickles_in_is_cut_off(guarded: Server) -> None:
+    """A function that writes the start of a large answer on the channel itself, then a byte now and then, is
+    stopped once the transfer's own time (10 s in all) is up, not kept alive by each byte."""
+    src = ("import os, struct, sys, time\ndef main():\n    seq = sys._getframe(2).f_locals['seq']\n"
+           "    os.write(3, struct.pack('!II', 1 << 20, seq) + b'o')\n    for _ in range(30):\n"
+           "        time.sleep(0.8)\n        os.write(3, b' ')\n")
+    assert guarded.upload("trickle", src).status == 200
+    start = time.monotonic()
+    resp = guarded.call("trickle")
+    assert resp.status == 502 and 9 < time.monotonic() - start < 13  # trickling on would take 24 s
+
+
 def test_after_the_gallery_the_server_and_every_other_function_still_serve(guarded: Server) -> None:
     """Runs after the hostile functions above, on the same server: nothing they did is noticed."""
     assert guarded.proc.poll() is None
@@ -383,6 +418,47 @@ def test_after_the_gallery_the_server_and_every_other_function_still_serve(guard
     assert guarded.call("fds").status == 200 and guarded.call("hog6", [1, 1]).json["result"] == "survived"
     assert guarded.request("GET", "/admin/status").json["functions"] == len(names)
     assert "bug while serving" not in guarded.log()
+
+
+def _sdist(folder: Path, marker: Path) -> None:
+    """A source distribution whose build backend, if pip ever runs it, writes its uid and environment to
+    `marker`: what any package on an index could do."""
+    import io
+    import tarfile
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        "backend.py": f"import json, os\nopen({str(marker)!r}, 'w').write(json.dumps(dict(os.environ)))\n"
+                      "def get_requires_for_build_wheel(config_settings=None):\n    return []\n",
+        "PKG-INFO": "Metadata-Version: 2.1\nName: buildme\nVersion: 1.0\n",
+    }
+    with tarfile.open(folder / "buildme-1.0.tar.gz", "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"buildme-1.0/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("builds", ["refuse", "allow"])
+def test_pip_builds_nothing_from_source_unless_allowed_and_never_sees_the_password(
+        tmp_path_factory: pytest.TempPathFactory, builds: str) -> None:
+    root = tmp_path_factory.mktemp("sdist")
+    marker = root / "built"
+    _sdist(root / "index", marker)
+    server = Server(root, root / "index", ["--source-builds", builds],
+                    env={"TINYFAAS_PASSWORD": "1234", "SERVER_ONLY_SECRET": "do-not-leak"}).start()
+    try:
+        resp = server.upload("needs-sdist", "def main():\n    return 1\n", requirements="buildme")
+        assert resp.status == 422
+    finally:
+        server.stop()
+    if builds == "refuse":
+        assert not marker.exists()  # pip never ran the package's code
+    else:
+        env = json.loads(marker.read_text())
+        assert "TINYFAAS_PASSWORD" not in env and "SERVER_ONLY_SECRET" not in env
+        assert env["PIP_NO_INDEX"] == "1"  # what pip needs does reach it
 
 
 # -- deleting and replacing during calls ------------------------------------------------------------------------

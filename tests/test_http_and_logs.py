@@ -294,3 +294,23 @@ def test_past_max_connections_the_next_gets_503_at_once_without_a_thread(limited
     while (resp := limited_server.request("GET", "/admin/functions")).status != 200 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert resp.status == 200 and resp.json == []
+
+
+def test_a_record_that_cannot_be_written_whole_leaves_no_torn_line(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk writes a record in part: the part is cut off again, the error is raised (the call is then
+    answered 503, not 200 without a record), and the next record starts clean."""
+    import os
+
+    from tinyfaas_std import state
+
+    log = FunctionLog(tmp_path / "f", retention=100)
+    log.append(_record(0), False)
+    real_write = os.write
+    monkeypatch.setattr(state.os, "write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(OSError):
+        log.append(_record(1), False)
+    monkeypatch.setattr(state.os, "write", real_write)
+    log.append(_record(2), False)
+    assert [json.loads(line)["args"] for line in log.read()] == [[0], [2]]
+    assert all(line.endswith(b"\n") for line in (tmp_path / "f").glob("*.jsonl").__next__().read_bytes().splitlines(True))

@@ -6,7 +6,7 @@ system calls Python 3.11 lacks). Strategy, by mode:
 
 - `namespace-root` (the server is root) and `namespace-user` (not root, but user namespaces are allowed): the
   launcher unshares a mount and a PID namespace (and a user namespace in the second mode) and forks. The child is
-  PID 1 of the new namespace: it builds the worker's view of the filesystem (a tmpfs root holding, at their own
+  PID 1 of the new namespace (which has its own System V IPC too, so shared memory dies with it): it builds the worker's view of the filesystem (a tmpfs root holding, at their own
   paths, read-only binds of the system folders, the interpreter, the venv, the code and the package, the scratch
   folder writable, a small private /tmp, /dev and /proc; nothing of `data/` or of other functions), chroots
   into it and forks the worker, which drops to the function's uid and gid (root mode), sets its rlimits and execs
@@ -29,7 +29,7 @@ import select
 import signal
 import sys
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x08000000, 0x10000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
@@ -150,6 +150,10 @@ def _exec_worker(spec: dict, channel: int) -> None:
     for kind, value in limits:
         resource.setrlimit(kind, (value, value))
     os.chdir(spec["cwd"])
+    quiet = os.open(os.devnull, os.O_WRONLY)  # not the server's stderr: a worker could read, rewind or flood it
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.close(quiet)
     if 0 <= channel != CHANNEL_FD:  # (no channel: the server's probe)
         os.dup2(channel, CHANNEL_FD)
     os.closerange(CHANNEL_FD + 1, 1 << 16)
@@ -262,7 +266,7 @@ def _fail(channel: int, exc: BaseException, exit_code: int) -> None:
 
 def _namespaces(spec: dict, channel: int, lifeline: int) -> int:
     uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if spec["mode"] == "namespace-user" else 0)
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | (CLONE_NEWUSER if spec["mode"] == "namespace-user" else 0)
     try:
         _check(_libc.unshare(flags), "unshare")
         if spec["mode"] == "namespace-user":  # map only ourselves: the worker stays an ordinary user

@@ -44,6 +44,7 @@ class Config:
     log_retention_mb: float = 100.0  # bytes of log kept per function on disk, MiB (0: no byte bound)
     max_connections: int = 1024  # connections served at once; the next one gets 503 and is closed
     isolation: str = "auto"     # how workers are contained: auto (the strongest that works) or a mode of sandbox.py
+    source_builds: str = "refuse"  # "allow": pip may build sdists (their build code runs as the server's user)
 
     @property
     def uids(self) -> range:
@@ -85,6 +86,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "log_retention_mb": (float, "bytes of log kept per function on disk, MiB (0: no byte bound)"),
     "max_connections": (int, "connections served at once; the next one gets 503"),
     "isolation": (str, "auto, namespace-root, namespace-user or subreaper: how workers are contained"),
+    "source_builds": (str, "refuse (wheels only) or allow: whether pip may build requirements from source, which "
+                           "runs their build code as the server's user"),
 }
 
 
@@ -118,6 +121,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         parser.error("--max-processes, --max-file-mb and --max-connections must be >= 1")
     if config.isolation not in ("auto", "namespace-root", "namespace-user", "subreaper"):
         parser.error("--isolation must be auto, namespace-root, namespace-user or subreaper")
+    if config.source_builds not in ("refuse", "allow"):
+        parser.error("--source-builds must be refuse or allow")
     if not 0 <= config.log_retention_mb < 1e9:
         parser.error("--log-retention-mb must be a number of MiB >= 0")
     if not re.fullmatch(r"[0-9]{1,10}-[0-9]{1,10}", config.uid_range) or not (

@@ -108,7 +108,8 @@ class FunctionManager:
         os.chmod(config.data_dir, 0o700)  # the registry and every function's log: the server's alone
         self.registry = Registry(config.data_dir / "functions.json")
         self.logs = LogStore(config.data_dir / "logs", config.log_retention, retention_mb=config.log_retention_mb)
-        self.venvs = VenvBuilder(self.functions_dir / ".venvs", config.pip_timeout)
+        self.venvs = VenvBuilder(self.functions_dir / ".venvs", config.pip_timeout,
+                                 source_builds=config.source_builds == "allow")
         self.sandbox = Sandbox(root_dir=self.functions_dir / ".sandbox", hidden=[config.data_dir, self.functions_dir],
                                memory_mb=config.memory_mb, max_processes=config.max_processes,
                                max_file_mb=config.max_file_mb,
@@ -256,8 +257,12 @@ class FunctionManager:
 
     def _record(self, live: _Live, call_id: str, start: float, status: str, rest: bytes) -> float:
         end = time.time()
-        live.log.append(encode_record(id=call_id, status=status, function=live.meta.name, start=start, end=end,
-                                      rest=rest), status != "ok")
+        try:
+            live.log.append(encode_record(id=call_id, status=status, function=live.meta.name, start=start,
+                                          end=end, rest=rest), status != "ok")
+        except OSError as exc:  # e.g. the disk is full: every call is logged before it is answered, or fails
+            raise ServiceUnavailable(f"the call {call_id} ran, but its record could not be written: "
+                                     f"{exc.strerror or exc}", code="log_write_failed") from None
         return end
 
     def _enter_call(self) -> None:
@@ -391,11 +396,13 @@ class FunctionManager:
         return self._folder(meta.name) / f"scratch-{meta.uid}"
 
     def _free_uid(self) -> int:
-        """The lowest uid of --uid-range that no function has. Under a name lock or at start, so two uploads of
-        new names may race for one only if both hold different name locks: the registry lock settles it."""
+        """A uid of --uid-range for a new function: one past the highest taken, so a deleted function's uid is not
+        handed out again while higher ones are free; then the lowest free one."""
         with self._lock:
             taken = {meta.uid for meta in self.registry.all()} | self._uids_pending
-            uid = next((u for u in self.config.uids if u not in taken), None)
+            uids = self.config.uids
+            top = max((u for u in taken if u in uids), default=uids.start - 1)
+            uid = top + 1 if top + 1 in uids else next((u for u in uids if u not in taken), None)
             if uid is None:
                 raise ServiceUnavailable("every uid of --uid-range is taken", code="no_free_uid")
             self._uids_pending.add(uid)

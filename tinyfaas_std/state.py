@@ -17,6 +17,7 @@ Both classes do file I/O only; they know nothing of HTTP or workers.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -193,7 +194,12 @@ class FunctionLog:
             if newest.records >= self.per_segment or (
                     self.segment_bytes and newest.size and newest.size + len(line) > self.segment_bytes):
                 newest = self._roll()
-            os.write(self.fd, line)
+            try:
+                if os.write(self.fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "the record was written only in part")
+            except OSError:
+                os.ftruncate(self.fd, newest.size)  # no torn record for the next one to be glued to
+                raise
             newest.records += 1
             newest.errors += is_error
             if newest.marks is not None:

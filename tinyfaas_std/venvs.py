@@ -11,13 +11,16 @@ which is why nothing is renamed.
 Requirements policy: only PEP 508 names with extras, version specifiers and markers. Lines that would make pip
 read other files or change where it installs from (`-r`, `-c`, `-e`, `--index-url` and every other option,
 local paths, URLs, `name @ url`) are rejected with 422, so pip reads nothing on the server but what the admin
-configured (pip.conf, PIP_* environment).
+configured (pip.conf, PIP_* environment). pip runs as the server's user, outside any sandbox, so it installs wheels
+only (building a source distribution runs the package's own code) unless `--source-builds allow`, and it sees only
+the part of the server's environment that concerns it (never TINYFAAS_PASSWORD).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -81,9 +84,10 @@ class Venv:
 class VenvBuilder:
     """Owns `<functions>/.venvs/`: builds, finds and removes venvs; one build per key at a time."""
 
-    def __init__(self, root: Path, pip_timeout: float) -> None:
+    def __init__(self, root: Path, pip_timeout: float, source_builds: bool = False) -> None:
         self.root = root
         self._pip_timeout = pip_timeout
+        self._source_builds = source_builds
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._pins: dict[str, int] = {}  # key -> uploads using it right now
@@ -134,9 +138,11 @@ class VenvBuilder:
             req_file.write_text("\n".join(requirements) + "\n")
             cmd = [sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--no-input",
                    "--disable-pip-version-check", "--no-warn-script-location", "-r", str(req_file)]
+            if not self._source_builds:  # building an sdist runs the package's own code, as the server's user
+                cmd.insert(cmd.index("-r"), "--only-binary=:all:")
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=self._pip_timeout,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, env=_pip_environment())
             except subprocess.TimeoutExpired:
                 raise Unprocessable(f"pip did not finish within {self._pip_timeout:g} s",
                                     code="requirements_timeout") from None
@@ -154,3 +160,14 @@ class VenvBuilder:
             for path in self.root.iterdir():
                 if path.name not in used and path.name not in self._pins and path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
+
+
+_PIP_NAMES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "NETRC", "SSL_CERT_FILE", "SSL_CERT_DIR",
+              "REQUESTS_CA_BUNDLE", "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"}
+
+
+def _pip_environment() -> dict[str, str]:
+    """What pip may see of the server's environment: where it installs from and how it gets there (PIP_*, pip's
+    config, proxies, certificates), never the server's own settings such as TINYFAAS_PASSWORD."""
+    return {key: value for key, value in os.environ.items()
+            if key in _PIP_NAMES or key.startswith(("PIP_", "XDG_"))}

@@ -33,7 +33,7 @@ __all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "Pool
 
 KILL_GRACE = 0.5    # seconds a worker's launcher gets after SIGTERM before SIGKILL
 SETTLE = 0.2        # seconds a dead worker's launcher gets to exit by itself (it reaps, then exits at once)
-TRANSFER_GRACE = 10.0  # seconds per recv while a large answer is arriving (the call itself has ended)
+TRANSFER_GRACE = 10.0  # seconds for the rest of a large answer to arrive, in all (the call itself has ended)
 _RECV = 16 * 1024   # holds almost every answer whole, and stays below malloc's mmap threshold (no mmap per call)
 
 
@@ -141,16 +141,17 @@ class Worker:
 
     def _receive_rest(self, data: bytes, size: int) -> bytes:
         """The rest of a large frame. The call is over once its first bytes arrive, so the transfer gets its own
-        time (TRANSFER_GRACE per recv), not what was left of the call's timeout."""
+        time (TRANSFER_GRACE in all, however the bytes trickle), not what was left of the call's timeout."""
         total = protocol.HEAD.size + size
         buf = bytearray(total)
         buf[:len(data)] = data
         view, got = memoryview(buf), len(data)
-        set_timeouts(self.sock, TRANSFER_GRACE)
+        deadline = time.monotonic() + TRANSFER_GRACE
         try:
             while got < total:
+                set_timeouts(self.sock, deadline - time.monotonic())
                 n = self.sock.recv_into(view[got:])
-                if not n:
+                if not n or time.monotonic() > deadline:
                     raise WorkerDied
                 got += n
         except BlockingIOError:
@@ -219,7 +220,8 @@ def _read_capture(folder: int, name: str) -> str:
     except OSError:
         return ""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # not a link to some other file
             return ""
         return os.read(fd, 4 * protocol.OUTPUT_CAP + 4).decode("utf-8", "replace")
     finally:
