@@ -409,6 +409,27 @@ def test_an_answer_that_trickles_in_is_cut_off(guarded: Server) -> None:
     assert resp.status == 502 and 9 < time.monotonic() - start < 13  # trickling on would take 24 s
 
 
+def test_a_function_may_call_functions_but_not_the_admin_api_over_loopback(guarded: Server) -> None:
+    src = ("import base64, urllib.request, urllib.error\ndef main(port, path, method):\n"
+           "    req = urllib.request.Request(f'http://127.0.0.1:{port}{path}', method=method, data=b'' if "
+           "method == 'POST' else None)\n"
+           "    req.add_header('Authorization', 'Basic ' + base64.b64encode(b'admin:1234').decode())\n"
+           "    try:\n        with urllib.request.urlopen(req, timeout=5) as resp:\n            return resp.status\n"
+           "    except urllib.error.HTTPError as e:\n        return e.code\n")
+    assert guarded.upload("caller", src).status == 200
+    assert guarded.upload("callee", "def main():\n    return 'hi'\n").status == 200
+    port = guarded.port
+    assert guarded.call("caller", [port, "/function/callee", "POST"]).json["result"] == 200  # chaining works
+    admin = [guarded.call("caller", [port, path, method]).json["result"]
+             for path, method in (("/admin/functions", "GET"), ("/admin/logs/callee", "GET"),
+                                  ("/admin/functions/callee", "DELETE"))]
+    if _mode(guarded) == "namespace-root":
+        assert admin == [403, 403, 403]
+        assert guarded.request("GET", "/admin/functions/callee").status == 200  # still there
+    else:  # functions share the server's uid: only the password guards the API (README)
+        assert admin == [200, 200, 200]
+
+
 def test_after_the_gallery_the_server_and_every_other_function_still_serve(guarded: Server) -> None:
     """Runs after the hostile functions above, on the same server: nothing they did is noticed."""
     assert guarded.proc.poll() is None

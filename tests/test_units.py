@@ -205,3 +205,22 @@ def test_a_reopened_log_counts_old_segments_lazily_and_still_prunes(tmp_path) ->
     for i in range(16, 30):
         log.append(_record(i), is_error=False)
     assert [json.loads(x)["args"][0] for x in log.read()] == list(range(20, 30))
+
+
+def test_owner_uid_reads_the_kernels_socket_tables() -> None:
+    from tinyfaas_std.peers import owner_uid
+
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+           "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n"
+           "   1: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000 200003        0 2\n")
+    assert owner_uid(tcp, "127.0.0.1", 0xD431) == 200003
+    assert owner_uid(tcp, "127.0.0.1", 0x1F90) == 0
+    assert owner_uid(tcp, "127.0.0.2", 0xD431) is None
+    tcp6 = ("  sl  local_address                         remote_address                        st tx_queue rx_queue "
+            "tr tm->when retrnsmt   uid  timeout inode\n"
+            "   0: 00000000000000000000000001000000:A000 00000000000000000000000001000000:1F90 01 00000000:00000000 "
+            "00:00000000 00000000  1234        0 3\n"
+            "   1: 0000000000000000FFFF00000100007F:A001 0000000000000000FFFF00000100007F:1F90 01 00000000:00000000 "
+            "00:00000000 00000000  4321        0 4\n")
+    assert owner_uid(tcp6, "::1", 0xA000) == 1234
+    assert owner_uid(tcp6, "::ffff:127.0.0.1", 0xA001) == 4321

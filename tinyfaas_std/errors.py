@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "FaasError", "BadRequest", "Unauthorized", "NotFound", "MethodNotAllowed", "RequestTimeout",
+    "FaasError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "MethodNotAllowed", "RequestTimeout",
     "LengthRequired", "PayloadTooLarge", "UriTooLong", "UnsupportedMediaType", "Unprocessable",
     "TooManyRequests", "HeaderFieldsTooLarge", "InternalError", "NotImplementedHttp", "WorkerCrashed",
     "ServiceUnavailable",
@@ -50,6 +50,10 @@ class Unauthorized(FaasError):
     def __init__(self, message: str = "valid Basic Auth credentials are required", **kw: Any) -> None:
         kw.setdefault("headers", {"WWW-Authenticate": 'Basic realm="Login Required"'})
         super().__init__(message, **kw)
+
+
+class Forbidden(FaasError):
+    status, code = 403, "forbidden"
 
 
 class NotFound(FaasError):

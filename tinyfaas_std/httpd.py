@@ -37,10 +37,11 @@ from typing import Any
 from . import http11, multipart
 from .auth import Authenticator
 from .config import Config
-from .errors import (BadRequest, FaasError, HeaderFieldsTooLarge, InternalError, LengthRequired,
+from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, InternalError, LengthRequired,
                      MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
                      UnsupportedMediaType, UriTooLong)
 from .faas import FunctionManager
+from .peers import peer_uid
 from .sockets import set_timeouts
 from .status import Sampler
 
@@ -217,6 +218,8 @@ class Server(ThreadingHTTPServer):
         self.manager = manager
         self.sampler = sampler
         self.auth = Authenticator(config.username, config.password)
+        # uids whose connections are served only /function/ routes: the functions' own, when they have them
+        self.function_uids = config.uids if manager.sandbox.isolation.per_function_user else None
         self.active: collections.deque[None] = collections.deque()  # one entry per request being answered
         self.connections = 0  # being served, each by its thread; changed under _connections_lock
         self._connections_lock = threading.Lock()
@@ -269,6 +272,8 @@ class Handler(BaseHTTPRequestHandler):
         self._buf = bytearray()
         # A recv that waits --client-timeout fails; the deadline of a whole head or body is checked after each.
         set_timeouts(self.connection, self.server.config.client_timeout)
+        uids = self.server.function_uids
+        self._from_function = uids is not None and peer_uid(self.client_address) in uids
 
     def handle(self) -> None:
         self.close_connection = False
@@ -321,6 +326,8 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
         self._authenticate(req)
+        if self._from_function and not req.path.startswith("/function/"):  # see peers.py
+            raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
         route, param, limit_name = _route(req.method, req.path)
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
         if limit_name == "max_upload_bytes" and req.content_length is None and not req.chunked:
