@@ -272,8 +272,7 @@ class Handler(BaseHTTPRequestHandler):
         self._buf = bytearray()
         # A recv that waits --client-timeout fails; the deadline of a whole head or body is checked after each.
         set_timeouts(self.connection, self.server.config.client_timeout)
-        uids = self.server.function_uids
-        self._from_function = uids is not None and peer_uid(self.client_address) in uids
+        self._from_function: bool | None = None  # whether a function opened it: asked on the first admin route
 
     def handle(self) -> None:
         self.close_connection = False
@@ -326,7 +325,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
         self._authenticate(req)
-        if self._from_function and not req.path.startswith("/function/"):  # see peers.py
+        if not req.path.startswith("/function/") and self._opened_by_function():
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
         route, param, limit_name = _route(req.method, req.path)
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
@@ -339,6 +338,13 @@ class Handler(BaseHTTPRequestHandler):
         body = self._read_chunked(limit) if req.chunked else self._read_body(req.content_length or 0)
         self._body_pending = False
         return route(self.server, req, param, body)
+
+    def _opened_by_function(self) -> bool:
+        """Whether a function's process opened this connection (see peers.py); looked up once per connection."""
+        if self._from_function is None:
+            uids = self.server.function_uids
+            self._from_function = uids is not None and peer_uid(self.client_address) in uids
+        return self._from_function
 
     def _authenticate(self, req: http11.RequestHead) -> None:
         try:

@@ -3,7 +3,8 @@
 Strategy: functions share the host's network (README), so a function could reach this server's own admin API over
 loopback. When each function runs under a uid of its own, the server asks, once per loopback connection, which
 uid owns the client's socket (`/proc/net/tcp`, `/proc/net/tcp6`: the socket's address, port and uid), and the
-handler serves function uids only the invocation routes. `owner_uid` is a pure parser of that table; `peer_uid`
+handler serves function uids only the invocation routes. It asks only when a connection first wants an admin
+route, so calls, and floods of idle connections, never read the table. `owner_uid` is a pure parser of that table; `peer_uid`
 is the one reader. Connections from other hosts are not looked up (a function's traffic to the host's own
 addresses comes from loopback or is the host's business: see the README).
 """
@@ -26,12 +27,12 @@ def _kernel_hex(host: str) -> tuple[int, str]:
 
 def owner_uid(table: str, host: str, port: int) -> int | None:
     """The uid owning the socket whose local address is host:port in `table` (the text of /proc/net/tcp{,6})."""
-    key = f"{_kernel_hex(host)[1]}:{port:04X}"
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 7 and fields[1] == key:
-            return int(fields[7])
-    return None
+    at = table.find(f": {_kernel_hex(host)[1]}:{port:04X} ")  # one C-level scan, not a split of every line
+    if at < 0:
+        return None
+    end = table.find("\n", at)
+    fields = (table[at:] if end < 0 else table[at:end]).split()
+    return int(fields[7]) if len(fields) > 7 and fields[7].isdigit() else None
 
 
 def peer_uid(address: tuple) -> int | None:
