@@ -275,14 +275,20 @@ def _namespaces(spec: dict, channel: int, lifeline: int) -> int:
                     f.write(text)
     except (OSError, SandboxError) as exc:
         _fail(channel, exc, protocol.EXIT_SANDBOX)
+    here_r, here_w = os.pipe()  # open in this process until it ends: how its PID 1 knows it was there at all
     init = os.fork()
     if init:  # outside the namespace: wait for its PID 1, which dies with us (PDEATHSIG)
+        os.close(here_r)
         os.close(lifeline)
         if channel >= 0:
             os.close(channel)
         return os.waitstatus_to_exitcode(os.waitpid(init, 0)[1]) % 256
     try:
+        os.close(here_w)
         _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        if select.select([here_r], [], [], 0)[0]:  # end of file: we died before PDEATHSIG was set
+            os._exit(protocol.EXIT_SANDBOX)
+        os.close(here_r)
         _build_root(spec)
     except (OSError, SandboxError) as exc:
         _fail(channel, exc, protocol.EXIT_SANDBOX)
