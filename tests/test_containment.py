@@ -77,8 +77,13 @@ def _scratch(server: Server, name: str) -> Path:
 @pytest.fixture(scope="module", params=_modes())
 def guarded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             wheels: Path) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("guard"), wheels,
-                    ["--timeout", "3", "--isolation", request.param, "--max-file-mb", "100"], env=PASSWORD_ENV)
+    yield from _serving(Server(tmp_path_factory.mktemp("guard"), wheels,
+                               ["--timeout", "3", "--isolation", request.param, "--max-file-mb", "100"],
+                               env=PASSWORD_ENV))
+
+
+def _serving(server: Server) -> Iterator[Server]:
+    """Start `server`, hand it to the test, stop it if the test left it running."""
     server.start()
     try:
         yield server
@@ -486,12 +491,7 @@ def test_pip_builds_nothing_from_source_unless_allowed_and_never_sees_the_passwo
 
 @pytest.fixture
 def narrow(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("narrow"), wheels, ["--timeout", "5", "--max-workers", "2"]).start()
-    try:
-        yield server
-    finally:
-        if server.proc.poll() is None:
-            server.stop()
+    yield from _serving(Server(tmp_path_factory.mktemp("narrow"), wheels, ["--timeout", "5", "--max-workers", "2"]))
 
 
 def test_calls_taken_before_a_delete_finish_and_read_their_files(narrow: Server) -> None:
