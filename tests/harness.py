@@ -83,6 +83,7 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)   # added to the server's environment
     prefix: list[str] = field(default_factory=list)     # e.g. setpriv ... to run it as another user
     python: str = sys.executable
+    cwd: Path = REPO
 
     def start(self) -> Server:
         self.log_path = self.root / "server.log"
@@ -91,7 +92,7 @@ class Server:
         env.pop("PIP_EXTRA_INDEX_URL", None)
         cmd = [*self.prefix, self.python, "-m", "tinyfaas_std", "--host", "127.0.0.1", "--port", "0",
                "--functions-dir", str(self.root / "functions"), "--data-dir", str(self.root / "data"), *self.args]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=open(self.log_path, "ab"), text=True)
         line = self.proc.stdout.readline()
         if "serving on" not in line:

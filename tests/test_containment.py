@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -589,10 +590,12 @@ def test_as_an_ordinary_user_containment_degrades_honestly(tmp_path_factory: pyt
     subprocess.run(["rm", "-rf", str(home)], check=True)
     home.mkdir(mode=0o755)
     os.chown(home, nobody, nobody)
-    site = Path(psutil.__file__).parent.parent
+    lib = home / "lib"  # the clone and its .venv may lie under a folder only root may enter: copy what it runs
+    for package in (REPO / "tinyfaas_std", Path(psutil.__file__).parent):
+        shutil.copytree(package, lib / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     server = Server(home, wheels, ["--isolation", mode, "--timeout", "3"], python=python,
                     prefix=["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"],
-                    env={"PYTHONPATH": f"{REPO}:{site}"})
+                    env={"PYTHONPATH": str(lib)}, cwd=home)
     try:
         server.start()
         status = server.request("GET", "/admin/status").json["isolation"]
