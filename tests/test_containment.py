@@ -53,6 +53,25 @@ def _procs_with(args: list[str]) -> list[psutil.Process]:
     return found
 
 
+def _status(proc: psutil.Process) -> str | None:
+    """Its status, or None once it is gone (it may end between any two looks)."""
+    try:
+        return proc.status()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _cmd(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _alive(proc: psutil.Process) -> bool:
+    return _status(proc) not in (None, psutil.STATUS_ZOMBIE)
+
+
 def _wait_gone(args: list[str], seconds: float) -> list[psutil.Process]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -165,8 +184,8 @@ def test_each_function_has_its_own_uid_and_sees_only_its_files(guarded: Server) 
     scratch = _scratch(guarded, "snoop")
     assert guarded.call("snoop", [str(scratch / "note"), "mine"]).json["result"] == "written"
     owner = {p.uids().real for p in _tree(guarded)
-             if "_worker.py" in " ".join(p.cmdline()) and ("/snoop/" in " ".join(p.cmdline())
-                                                           or "/victim/" in " ".join(p.cmdline()))}
+             if "_worker.py" in _cmd(p) and ("/snoop/" in _cmd(p)
+                                                           or "/victim/" in _cmd(p))}
     assert len(owner) == 2 and owner <= set(range(200000, 300000))
     assert (scratch / "note").stat().st_uid in owner
     assert "WHO = 'victim'" in victim_code.read_text()
@@ -239,7 +258,7 @@ def test_orphans_are_reaped(guarded: Server) -> None:
     assert guarded.upload("orphans", src).status == 200
     assert guarded.call("orphans", [40]).json["result"] == 40
     time.sleep(0.5)
-    zombies = [p for p in _tree(guarded) if p.status() == psutil.STATUS_ZOMBIE]
+    zombies = [p for p in _tree(guarded) if _status(p) == psutil.STATUS_ZOMBIE]
     assert zombies == []
 
 
@@ -294,13 +313,13 @@ def test_a_fork_bomb_is_bounded_and_ends_with_its_function(guarded: Server) -> N
     assert (10 < made < 64) if bounded else made == 200
     assert guarded.upload("bystander", "def main():\n    return 'fine'\n").status == 200
     assert guarded.call("bystander").json["result"] == "fine"
-    bomb = [p for p in _tree(guarded) if p.pid not in before and "/forkbomb/" in " ".join(p.cmdline())]
+    bomb = [p for p in _tree(guarded) if p.pid not in before and "/forkbomb/" in _cmd(p)]
     assert len(bomb) >= made
     assert guarded.request("DELETE", "/admin/functions/forkbomb").status == 200
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in bomb):
+    while time.monotonic() < deadline and any(_alive(p) for p in bomb):
         time.sleep(0.05)
-    assert not [p for p in bomb if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not [p for p in bomb if _alive(p)]
 
 
 def test_nothing_of_the_tree_outlives_a_server_sigkill(tmp_path_factory: pytest.TempPathFactory,
@@ -321,7 +340,7 @@ def test_nothing_of_the_tree_outlives_a_server_sigkill(tmp_path_factory: pytest.
         deadline = time.monotonic() + 3
         alive = tree
         while alive and time.monotonic() < deadline:
-            alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            alive = [p for p in tree if _alive(p)]
             time.sleep(0.05)
         assert alive == [], (mode, alive)
         assert _procs_with(["sleep", mark]) == []
