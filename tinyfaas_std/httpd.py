@@ -41,7 +41,7 @@ from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, Int
                      MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
                      UnsupportedMediaType, UriTooLong)
 from .faas import FunctionManager
-from .peers import peer_uid
+from .peers import UNKNOWN, peer_uid
 from .sockets import set_timeouts
 from .status import Sampler
 
@@ -340,10 +340,12 @@ class Handler(BaseHTTPRequestHandler):
         return route(self.server, req, param, body)
 
     def _opened_by_function(self) -> bool:
-        """Whether a function's process opened this connection (see peers.py); looked up once per connection."""
+        """Whether a function's process opened this connection (see peers.py); looked up once per connection. A
+        loopback peer that cannot be told is refused admin routes too: it might be a function."""
         if self._from_function is None:
             uids = self.server.function_uids
-            self._from_function = uids is not None and peer_uid(self.client_address) in uids
+            uid = None if uids is None else peer_uid(self.client_address)
+            self._from_function = uids is not None and uid is not None and (uid == UNKNOWN or uid in uids)
         return self._from_function
 
     def _authenticate(self, req: http11.RequestHead) -> None:

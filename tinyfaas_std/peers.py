@@ -12,10 +12,15 @@ addresses comes from loopback or is the host's business: see the README).
 from __future__ import annotations
 
 import ipaddress
+import os
 
-__all__ = ["owner_uid", "peer_uid"]
+__all__ = ["owner_uid", "peer_uid", "UNKNOWN"]
+
+UNKNOWN = -1  # a loopback peer whose socket was not found in the table: the caller decides, and refuses
 
 _TABLES = {4: "/proc/net/tcp", 6: "/proc/net/tcp6"}
+_READ = 4 * 1024 * 1024  # bytes asked per read: the whole table at once on any host this serves
+_TRIES = 5               # reads of the table before a loopback peer counts as UNKNOWN
 
 
 def _kernel_hex(host: str) -> tuple[int, str]:
@@ -36,7 +41,8 @@ def owner_uid(table: str, host: str, port: int) -> int | None:
 
 
 def peer_uid(address: tuple) -> int | None:
-    """The uid of the process that opened a loopback connection from `address`; None for any other peer."""
+    """The uid of the process that opened a loopback connection from `address`, UNKNOWN if it could not be found
+    (a function could try to hide its socket by churning the table), None for a peer on another host."""
     host, port = address[0], address[1]
     try:
         ip = ipaddress.ip_address(host)
@@ -45,8 +51,26 @@ def peer_uid(address: tuple) -> int | None:
     mapped = getattr(ip, "ipv4_mapped", None)
     if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
         return None
+    for _ in range(_TRIES):
+        uid = owner_uid(_read_table(_TABLES[ip.version]), host, port)
+        if uid is not None:
+            return uid
+    return UNKNOWN
+
+
+def _read_table(path: str) -> str:
+    """The table in as few reads as the kernel allows. It is not a snapshot: between two reads, sockets that come
+    and go can shift the kernel's place in it, and a line can be missed (hence the tries above)."""
     try:
-        with open(_TABLES[ip.version]) as f:
-            return owner_uid(f.read(), host, port)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return None
+        return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, _READ):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("ascii", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
