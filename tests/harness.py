@@ -136,12 +136,15 @@ class Server:
             if own:
                 conn.close()
 
-    def upload(self, name: str, source: str | bytes, requirements: str | None = None, **kw: Any) -> Response:
-        fields: dict[str, str | tuple[str, bytes]] = {
-            "name": name, "file": ("func.py", source.encode() if isinstance(source, str) else source)}
+    def upload(self, name: str, source: str | bytes, requirements: str | None = None,
+               fields: dict[str, str] | None = None, **kw: Any) -> Response:
+        """Upload `source` (code, or an archive's bytes) as `name`; `fields` are more form fields (calling, env,
+        secrets, timeout, memory_mb, max_workers), sent as text fields."""
+        fields = {"name": name, "file": ("func.py", source.encode() if isinstance(source, str) else source),
+                  **(fields or {})}
         if requirements is not None:
             fields["requirements"] = ("requirements.txt", requirements.encode())
-        body, ctype = multipart_body(fields)
+        body, ctype = multipart_body(fields)  # type: ignore[arg-type]
         return self.request("POST", "/admin/upload", body, {"Content-Type": ctype}, **kw)
 
     def call(self, name: str, payload: Any = None, **kw: Any) -> Response:

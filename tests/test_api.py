@@ -51,7 +51,7 @@ def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(server: Server) 
     assert _error_code(server.request("GET", "/nope")) == "path_not_found"
     resp = server.request("PUT", "/admin/functions/add")
     assert resp.status == 405
-    assert set(resp.headers["allow"].split(", ")) == {"GET", "DELETE"}
+    assert set(resp.headers["allow"].split(", ")) == {"GET", "DELETE", "PATCH"}
     assert server.request("GET", "/function/add").status == 405
 
 

@@ -132,7 +132,7 @@ def test_the_environment_is_built_from_nothing(guarded: Server) -> None:
     assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG", "TINYFAAS_FUNCTION", "TINYFAAS_VERSION"}
     assert env["PATH"].endswith("/bin:/usr/local/bin:/usr/bin:/bin") and Path(venv_bin).name in env["PATH"]
     assert env["HOME"] == env["TMPDIR"] == scratch and env["LANG"] == "C.UTF-8"
-    assert env["TINYFAAS_FUNCTION"] == "envdump" and env["TINYFAAS_VERSION"].startswith("v-")
+    assert env["TINYFAAS_FUNCTION"] == "envdump" and env["TINYFAAS_VERSION"] == "1"
     assert "do-not-leak" not in json.dumps(env) and "1234" not in json.dumps(env)
 
 
@@ -425,7 +425,8 @@ def test_system_v_shared_memory_dies_with_the_worker(guarded: Server) -> None:
 def test_an_answer_that_trickles_in_is_cut_off(guarded: Server) -> None:
     """A function that writes the start of a large answer on the channel itself, then a byte now and then, is
     stopped once the transfer's own time (10 s in all) is up, not kept alive by each byte."""
-    src = ("import os, struct, sys, time\ndef main():\n    seq = sys._getframe(2).f_locals['seq']\n"
+    src = ("import os, struct, sys, time\ndef main():\n    f = sys._getframe()\n"
+           "    while 'seq' not in f.f_locals:\n        f = f.f_back\n    seq = f.f_locals['seq']\n"
            "    os.write(3, struct.pack('!II', 1 << 20, seq) + b'o')\n    for _ in range(30):\n"
            "        time.sleep(0.8)\n        os.write(3, b' ')\n")
     assert guarded.upload("trickle", src).status == 200

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from harness import AUTH, Server
-from tinyfaas_std.state import FunctionLog, LogStore, encode_record
+from tinyfaas_std.logs import FunctionLog, LogStore, encode_record
 
 T = TypeVar("T")
 ECHO = "def main(*args, **kwargs):\n    return len(args)\n"
@@ -302,7 +302,7 @@ def test_a_record_that_cannot_be_written_whole_leaves_no_torn_line(tmp_path: Pat
     answered 503, not 200 without a record), and the next record starts clean."""
     import os
 
-    from tinyfaas_std import state
+    from tinyfaas_std import logs as state
 
     log = FunctionLog(tmp_path / "f", retention=100)
     log.append(_record(0), False)

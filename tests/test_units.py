@@ -14,7 +14,8 @@ from fuzzing import fuzz
 from tinyfaas_std.auth import Authenticator, parse_basic_auth
 from tinyfaas_std.bodies import MAX_DEPTH, BadBody, parse_invocation
 from tinyfaas_std.errors import FaasError, Unauthorized
-from tinyfaas_std.state import FunctionMeta, LogStore, Registry, encode_record
+from tinyfaas_std.logs import LogStore, encode_record
+from tinyfaas_std.state import FunctionRecord, Registry, Version
 from tinyfaas_std.venvs import parse_requirements
 
 
@@ -184,9 +185,11 @@ def test_a_closed_log_drops_late_appends_instead_of_coming_back(tmp_path) -> Non
 def test_registry_round_trips_and_writes_atomically(tmp_path) -> None:
     path = tmp_path / "functions.json"
     reg = Registry(path)
-    reg.put(FunctionMeta(name="b", created=1.0, updated=2.0, requirements=["x"], venv="k"))
-    reg.put(FunctionMeta(name="a", created=1.0, updated=1.0))
-    assert Registry(path).names() == ["a", "b"] and Registry(path).get("b").requirements == ["x"]
+    version = Version(version="1", created=2.0, code="v-1", requirements=["x"], venv="k", env={"A": "1"})
+    reg.put(FunctionRecord(name="b", created=1.0, updated=2.0, uid=1000, live="1", versions=(version,)))
+    reg.put(FunctionRecord(name="a", created=1.0, updated=1.0, uid=1001, live="1", versions=(version,)))
+    assert Registry(path).names() == ["a", "b"] and Registry(path).get("b") == reg.get("b")
+    assert Registry(path).get("b").current.requirements == ["x"]
     reg.remove("a")
     assert Registry(path).names() == ["b"]
     assert [p.name for p in tmp_path.iterdir()] == ["functions.json"]  # no temporary file left behind

@@ -1,9 +1,10 @@
 """The worker: runs inside a function's own virtualenv interpreter, imports `func.py` once, serves many calls.
 
 Started by the launcher (`_launcher.py`, inside the worker's sandbox) as
-`<venv>/bin/python -I _worker.py <fd> <func.py> <out> <err>`, by path, so it must use the standard library only and
-imports nothing of `tinyfaas_std` as a package: the wire protocol (`protocol.py`) and the invocation parser
-(`bodies.py`) are loaded by path from beside this file. It talks to the server over the socket `<fd>` (one end of a
+`<venv>/bin/python -I _worker.py <fd> <func.py> <out> <err> <calling> <function> <version>`, by path, so it must
+use the standard library only and imports nothing of `tinyfaas_std` as a package: the wire protocol
+(`protocol.py`), the JSON rules (`bodies.py`) and the calling conventions (`conventions.py`, which turn a call's
+bytes into `main`'s arguments and its return value into an answer) are loaded by path from beside this file. It talks to the server over the socket `<fd>` (one end of a
 socketpair), never over stdout, so whatever the function prints cannot corrupt the channel.
 
 What a call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each, and written
@@ -80,15 +81,6 @@ class _Discard:
 _DISCARD = _Discard()
 
 
-def _depth(value, limit: int, depth: int = 1) -> None:
-    """Results obey the arguments' rule: containers nested at most `limit` deep, the outermost at level 1."""
-    if isinstance(value, (list, tuple, dict)):
-        if depth > limit:
-            raise ValueError(f"the result is nested deeper than {limit} levels")
-        for item in (value.values() if isinstance(value, dict) else value):
-            _depth(item, limit, depth + 1)
-
-
 def _error(exc: BaseException, skip_frames: int = 1) -> dict:
     tb = exc.__traceback__
     for _ in range(skip_frames):
@@ -129,6 +121,7 @@ def _import(name: str, path: str):
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 protocol = _import("_tinyfaas_protocol", os.path.join(_HERE, "protocol.py"))
+bodies = _import("_tinyfaas_bodies", os.path.join(_HERE, "bodies.py"))
 
 
 def _load(path: str):
@@ -145,27 +138,26 @@ def _strays() -> frozenset:
     return frozenset(t.ident for t in threading.enumerate()) - {threading.get_ident()}
 
 
-def _call(main, bodies, request: bytes, out: _Capture, err: _Capture) -> bytes:
+def _call(convention, main, context, request: bytes, out: _Capture, err: _Capture) -> bytes:
+    """One call: (kind, LEN, value, record fragment); see protocol.py. `request` is LEN(meta), meta, body."""
+    prepare, finish = convention
+    (size,) = protocol.LEN.unpack_from(request)
+    meta = bodies.loads_strict(request[4:4 + size]) if size else None
+    if context is not None:
+        context.call_id, context.deadline = meta["id"], meta["deadline"]
     try:
-        call = bodies.parse_invocation(request)
-        fragment = call.fragment()  # before main runs: what was sent, even if main changes its arguments
+        run, fragment = prepare(main, meta, request[4 + size:], context)  # parsed before main runs
     except bodies.BadBody as exc:
         body = bodies.encode({"code": exc.code, "message": str(exc)}).encode()
         return protocol.BAD + protocol.LEN.pack(len(body)) + body
-    fragment = protocol.input_fragment(fragment)
     strays = _strays()
     out.reset(strays)
     err.reset(strays)
     sys.stdout, sys.stderr = out, err
     try:
-        result = main(*call.args, **call.kwargs)
-        status, body = protocol.OK, bodies.encode(result)  # NaN, sets, huge ints (CPython's digit guard) raise here
-        if body.count("[") + body.count("{") > bodies.MAX_DEPTH:  # results obey the arguments' rules
-            _depth(result, bodies.MAX_DEPTH)
-        if len(body) > protocol.MAX_RESULT_BYTES:
-            raise ValueError(f"the result is {len(body)} bytes of JSON; the limit is {protocol.MAX_RESULT_BYTES}")
+        kind, value, extra = finish(run())  # NaN, sets, huge ints, bad headers raise here: the call's error
     except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
-        status, body = protocol.ERROR, bodies.encode(_error(exc))
+        kind, value, extra = protocol.ERROR, bodies.encode(_error(exc)).encode(), b""
     finally:
         sys.stdout, sys.stderr = _DISCARD, _DISCARD
     if out.kept or out.truncated or err.kept or err.truncated:
@@ -173,15 +165,15 @@ def _call(main, bodies, request: bytes, out: _Capture, err: _Capture) -> bytes:
                                 "stderr_truncated": err.truncated})[1:-1].encode()
     else:
         output = protocol.NO_OUTPUT
-    body = body.encode()
-    return b"".join((status, protocol.LEN.pack(len(body)), body, fragment, b",", output))
+    return b"".join((kind, protocol.LEN.pack(len(value)), value, fragment, extra, b",", output))
 
 
 def main() -> None:
-    fd, path = int(sys.argv[1]), sys.argv[2]
+    fd, path, calling, function, version = int(sys.argv[1]), sys.argv[2], *sys.argv[5:8]
     os.set_inheritable(fd, False)  # a program the function runs does not get the channel
     out, err = _Capture(sys.argv[3]), _Capture(sys.argv[4])
-    bodies = _import("_tinyfaas_bodies", os.path.join(_HERE, "bodies.py"))
+    conventions = _import("_tinyfaas_conventions", os.path.join(_HERE, "conventions.py"))
+    convention = conventions.CONVENTIONS[calling]
     sys.path.insert(0, os.path.dirname(path))
     try:
         fn = _load(path)
@@ -197,6 +189,9 @@ def main() -> None:
         _send(fd, 0, protocol.ERROR + bodies.encode(info).encode())
         return
     _send(fd, 0, protocol.OK)
+    context = None
+    if calling != "args" and conventions.wants_context(fn):
+        context = conventions.Context("", function, version, 0.0)
     sys.stdout, sys.stderr = _DISCARD, _DISCARD
     rfile = open(fd, "rb", buffering=65536, closefd=False)  # plain fd I/O: the socket module costs ~0.6 MB
     while True:
@@ -205,7 +200,7 @@ def main() -> None:
             request = _recv_exactly(rfile, size)
         except (EOFError, ConnectionError):
             return  # the server closed the channel: stop quietly
-        answer = _call(fn, bodies, request, out, err)
+        answer = _call(convention, fn, context, request, out, err)
         try:
             _send(fd, seq, answer)
         except OSError:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the worker imports this module too: keep its start-up (and memory) small
     from typing import Any
 
-__all__ = ["BadBody", "Call", "parse_invocation", "MAX_DEPTH", "MAX_INT_DIGITS"]
+__all__ = ["BadBody", "Call", "parse_invocation", "loads_strict", "depth_ok", "encode", "MAX_DEPTH",
+           "MAX_INT_DIGITS"]
 
 MAX_DEPTH = 64          # arguments are data, not programs; deeper input is a mistake or an attack
 MAX_INT_DIGITS = 4300   # int() of huge literals is quadratic: CPython's own guard (sys.int_info) rejects more
@@ -74,14 +75,14 @@ class Call:
             raise BadBody("a number in the body is too large to be a float (e.g. 1e400)") from None
 
 
-def _depth_ok(value: Any, depth: int = 1) -> bool:
+def depth_ok(value: Any, depth: int = 1) -> bool:
     """Whether no array or object in `value` sits deeper than MAX_DEPTH; `depth` is the level `value` would
     have if it is one (a top-level array is level 1). Scalars add no level. Tuples count as arrays, so a worker
     can check a function's result with the same rule."""
     if isinstance(value, (list, tuple)):
-        return depth <= MAX_DEPTH and all(_depth_ok(v, depth + 1) for v in value)
+        return depth <= MAX_DEPTH and all(depth_ok(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return depth <= MAX_DEPTH and all(_depth_ok(v, depth + 1) for v in value.values())
+        return depth <= MAX_DEPTH and all(depth_ok(v, depth + 1) for v in value.values())
     return True
 
 
@@ -96,7 +97,7 @@ def loads_strict(data: bytes) -> Any:
         raise
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise BadBody(f"the body is not valid JSON: {exc}") from None
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and not _depth_ok(value):  # cheap test first
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and not depth_ok(value):  # cheap test first
         raise BadBody(f"JSON nested deeper than {MAX_DEPTH} levels")
     return value
 

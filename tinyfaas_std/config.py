@@ -45,6 +45,7 @@ class Config:
     max_connections: int = 1024  # connections served at once; the next one gets 503 and is closed
     isolation: str = "auto"     # how workers are contained: auto (the strongest that works) or a mode of sandbox.py
     source_builds: str = "refuse"  # "allow": pip may build sdists (their build code runs as the server's user)
+    keep_versions: int = 5      # versions of each function kept for rollback (SPEC 10)
 
     @property
     def uids(self) -> range:
@@ -88,6 +89,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "isolation": (str, "auto, namespace-root, namespace-user or subreaper: how workers are contained"),
     "source_builds": (str, "refuse (wheels only) or allow: whether pip may build requirements from source, which "
                            "runs their build code as the server's user"),
+    "keep_versions": (int, "versions of each function kept, with their code and venv, for rollback"),
 }
 
 
@@ -117,8 +119,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         parser.error("--grace must be a number of seconds >= 0")
     if config.max_workers < 1 or config.log_retention < 0 or config.max_queue < 0:
         parser.error("--max-workers must be >= 1, --log-retention and --max-queue >= 0")
-    if config.max_processes < 1 or config.max_file_mb < 1 or config.max_connections < 1:
-        parser.error("--max-processes, --max-file-mb and --max-connections must be >= 1")
+    if min(config.max_processes, config.max_file_mb, config.max_connections, config.keep_versions) < 1:
+        parser.error("--max-processes, --max-file-mb, --max-connections and --keep-versions must be >= 1")
     if config.isolation not in ("auto", "namespace-root", "namespace-user", "subreaper"):
         parser.error("--isolation must be auto, namespace-root, namespace-user or subreaper")
     if config.source_builds not in ("refuse", "allow"):

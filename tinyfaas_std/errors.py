@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "FaasError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "MethodNotAllowed", "RequestTimeout",
+    "FaasError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "MethodNotAllowed", "Conflict",
+    "RequestTimeout",
     "LengthRequired", "PayloadTooLarge", "UriTooLong", "UnsupportedMediaType", "Unprocessable",
     "TooManyRequests", "HeaderFieldsTooLarge", "InternalError", "NotImplementedHttp", "WorkerCrashed",
     "ServiceUnavailable",
@@ -62,6 +63,10 @@ class NotFound(FaasError):
 
 class MethodNotAllowed(FaasError):
     status, code = 405, "method_not_allowed"
+
+
+class Conflict(FaasError):
+    status, code = 409, "conflict"
 
 
 class RequestTimeout(FaasError):

@@ -34,7 +34,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import http11, multipart
+from . import bodies, http11, multipart, settings
 from .auth import Authenticator
 from .config import Config
 from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, InternalError, LengthRequired,
@@ -64,11 +64,15 @@ class _ClientGone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An answer: `body`, or for an answer of unknown size `stream`, its pieces (then `body` is unused)."""
+    """An answer: `body`, or for an answer of unknown size `stream`, its pieces (then `body` is unused). A JSON
+    body gets a final newline (so curl output ends its line); a `raw` one (an http function's) is sent as it is,
+    its Content-Type among `headers`."""
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
     stream: Generator[bytes, None, None] | None = None
+    call_id: str = ""   # X-Call-Id, on every answer of /function/...
+    raw: bool = False
 
 
 def _json(value: Any, status: int = 200) -> Reply:
@@ -90,13 +94,16 @@ def _upload(server: Server, req: http11.RequestHead, _: str, body: bytes) -> Rep
     if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
         raise UnsupportedMediaType("upload with Content-Type multipart/form-data (curl -F)", code="not_multipart")
     form = _form(multipart.parse(body, content_type))
-    return _json(server.manager.upload(form["name"], form["file"], form.get("requirements")))
+    changes = settings.from_form({key: value for key, value in form.items() if key in _SETTING_FIELDS})
+    return _json(server.manager.upload(form["name"], form["file"], form.get("requirements"), changes))
 
 
-_FORM_FIELDS = ("name", "file", "requirements")
+_SETTING_FIELDS = ("calling", "env", "secrets", "timeout", "memory_mb", "max_workers", "schedule")
+_FORM_FIELDS = ("name", "file", "requirements", *_SETTING_FIELDS)
 
 
 def _form(parts: list[multipart.Part]) -> dict[str, Any]:
+    """The upload's fields: `file` as bytes, the others as text (each may be a text field or a file part)."""
     by_name = {part.name: part for part in parts}
     repeated = sorted({p.name for p in parts if p.name in _FORM_FIELDS and by_name[p.name] is not p})
     if repeated:
@@ -104,9 +111,10 @@ def _form(parts: list[multipart.Part]) -> dict[str, Any]:
     missing = [field for field in ("name", "file") if field not in by_name]
     if missing:
         raise BadRequest(f"missing form field(s): {', '.join(missing)}", code="missing_field", fields=missing)
-    form: dict[str, Any] = {"name": _text(by_name["name"]), "file": by_name["file"].data}
-    if "requirements" in by_name:
-        form["requirements"] = _text(by_name["requirements"])
+    form: dict[str, Any] = {"file": by_name["file"].data}
+    for name in _FORM_FIELDS:
+        if name in by_name and name != "file":
+            form[name] = _text(by_name[name])
     return form
 
 
@@ -127,6 +135,31 @@ def _describe(server: Server, _: http11.RequestHead, name: str, __: bytes) -> Re
 
 def _delete(server: Server, _: http11.RequestHead, name: str, __: bytes) -> Reply:
     return _json(server.manager.delete(name))
+
+
+def _patch(server: Server, _: http11.RequestHead, name: str, body: bytes) -> Reply:
+    return _json(server.manager.patch(name, settings.from_patch(_json_body(body))))
+
+
+def _versions(server: Server, _: http11.RequestHead, name: str, __: bytes) -> Reply:
+    return _json(server.manager.versions(name))
+
+
+def _rollback(server: Server, _: http11.RequestHead, name: str, body: bytes) -> Reply:
+    doc = _json_body(body) if body.strip() else {}
+    version = doc.get("version") if isinstance(doc, dict) and set(doc) <= {"version"} else False
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if version is not None and not isinstance(version, str):
+        raise BadRequest('send nothing, or {"version": "<id>"}', code="bad_rollback")
+    return _json(server.manager.rollback(name, version))
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return bodies.loads_strict(body)
+    except bodies.BadBody as exc:
+        raise BadRequest(str(exc), code=exc.code) from None
 
 
 def _logs(server: Server, req: http11.RequestHead, name: str, _: bytes) -> Reply:
@@ -172,18 +205,25 @@ def _status(server: Server, *_: Any) -> Reply:
     return _json({**server.sampler.snapshot(), "functions": len(server.manager.names())})
 
 
-def _invoke(server: Server, _: http11.RequestHead, name: str, body: bytes) -> Reply:
-    answer = server.manager.invoke(name, body)
-    return Reply(answer.status, answer.body)
+def _invoke(server: Server, req: http11.RequestHead, name: str, body: bytes) -> Reply:
+    sub_path = req.path[len("/function/") + len(name):]  # what follows the name: an http function's own path
+    answer = server.manager.invoke(name, req.method, sub_path, req.query, req.headers, body)
+    return Reply(answer.status, answer.body, answer.headers, call_id=answer.call_id, raw=answer.raw)
 
+
+_FUNCTION = re.compile(r"/function/([^/]+)(?:/.*)?")
 
 # (method, path pattern, route, body limit attribute on Config or None for "no body expected")
 ROUTES: list[tuple[str, re.Pattern[str], Route, str | None]] = [
-    ("POST", re.compile(r"/function/([^/]+)"), _invoke, "max_body_bytes"),  # first: the hot path
+    ("POST", _FUNCTION, _invoke, "max_body_bytes"),  # first: the hot path
+    *((method, _FUNCTION, _invoke, "max_body_bytes") for method in ("GET", "PUT", "PATCH", "DELETE", "OPTIONS")),
     ("POST", re.compile(r"/admin/upload"), _upload, "max_upload_bytes"),
     ("GET", re.compile(r"/admin/functions"), _list, None),
     ("GET", re.compile(r"/admin/functions/([^/]+)"), _describe, None),
     ("DELETE", re.compile(r"/admin/functions/([^/]+)"), _delete, None),
+    ("PATCH", re.compile(r"/admin/functions/([^/]+)"), _patch, None),
+    ("GET", re.compile(r"/admin/functions/([^/]+)/versions"), _versions, None),
+    ("POST", re.compile(r"/admin/functions/([^/]+)/rollback"), _rollback, None),
     ("GET", re.compile(r"/admin/logs/([^/]+)"), _logs, None),
     ("GET", re.compile(r"/admin/status"), _status, None),
 ]
@@ -435,8 +475,15 @@ class Handler(BaseHTTPRequestHandler):
         body = reply.body
         if reply.stream is not None:
             self._send_stream(reply, reply.stream)
-        elif reply.status == 200 and not (reply.headers or self.close_connection or self._head_only or self._http10):
-            self.connection.sendall(b"%s%d\r\n\r\n%s\n" % (_OK_HEAD, len(body) + 1, body))  # the hot path
+        elif reply.status == 200 and not (reply.headers or reply.raw or self.close_connection or self._head_only
+                                          or self._http10):  # the hot path
+            ident = b"X-Call-Id: %s\r\n" % reply.call_id.encode() if reply.call_id else b""
+            self.connection.sendall(b"%s%d\r\n%s\r\n%s\n" % (_OK_HEAD, len(body) + 1, ident, body))
+        elif reply.raw:  # an http function's answer, its Content-Type among its headers
+            body = b"" if reply.status in (204, 304) else body
+            length = [] if reply.status == 204 else [f"Content-Length: {len(body)}"]
+            head = _head(reply.status, [*length, *self._fields(reply)], content_type=None)
+            self.connection.sendall(head if self._head_only else head + body)
         else:
             head = _head(reply.status, [f"Content-Length: {len(body) + 1}", *self._fields(reply)])
             self.connection.sendall(head if self._head_only else head + body + b"\n")
@@ -491,6 +538,8 @@ class Handler(BaseHTTPRequestHandler):
     def _fields(self, reply: Reply) -> list[str]:
         """The reply's own fields and the connection's fate, beside the framing."""
         fields = [f"{name}: {value}" for name, value in reply.headers]
+        if reply.call_id and not reply.raw:  # a raw answer has it among its headers already
+            fields.append(f"X-Call-Id: {reply.call_id}")
         if self.close_connection:
             fields.append("Connection: close")
         elif self._http10:
@@ -506,8 +555,9 @@ def _is_head(request: bytes | bytearray) -> bool:
     return bytes(request[:16]).lstrip(b"\r\n").startswith(b"HEAD ")
 
 
-def _head(status: int, fields: list[str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_reason(status)}", "Content-Type: application/json", *fields]
+def _head(status: int, fields: list[str], content_type: str | None = "application/json") -> bytes:
+    lines = [f"HTTP/1.1 {status} {_reason(status)}", *([f"Content-Type: {content_type}"] if content_type else []),
+             *fields]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 

@@ -21,8 +21,8 @@ import struct
 HEAD = struct.Struct("!II")  # payload length, call sequence number
 LEN = struct.Struct("!I")    # the length of the value inside an answer
 
-OK, ERROR, BAD = b"o", b"e", b"b"
-KINDS = {OK: "ok", ERROR: "error", BAD: "bad"}
+OK, ERROR, BAD, HTTP = b"o", b"e", b"b", b"h"
+KINDS = {OK: "ok", ERROR: "error", BAD: "bad", HTTP: "http"}
 
 OUTPUT_CAP = 64 * 1024               # characters of stdout/stderr kept per call; the rest is counted, not stored
 MAX_RESULT_BYTES = 6 * 1024 * 1024   # a larger result is an error (AWS Lambda's synchronous limit is 6 MB too)
@@ -42,8 +42,14 @@ def frame(seq: int, payload: bytes) -> bytes:
     return HEAD.pack(len(payload), seq) + payload
 
 
-def input_fragment(fragment: bytes) -> bytes:
-    """`"args":...,"kwargs":...` as the record keeps it: past RECORD_VALUE_CAP, nulls and the size."""
+def input_fragment(fragment: bytes, empty: bytes = b'"args":null,"kwargs":null') -> bytes:
+    """A call's input as the record keeps it (`"args":...,"kwargs":...`, `"event":...` or `"request":...`): past
+    RECORD_VALUE_CAP, `empty` and the size."""
     if len(fragment) <= RECORD_VALUE_CAP:
         return fragment
-    return b'"args":null,"kwargs":null,"input_truncated":true,"input_bytes":%d' % len(fragment)
+    return empty + b',"input_truncated":true,"input_bytes":%d' % len(fragment)
+
+
+def call_frame(seq: int, meta: bytes, body: bytes) -> bytes:
+    """A call, server -> worker: LEN(meta), meta (JSON for the event and http conventions, else empty), body."""
+    return HEAD.pack(LEN.size + len(meta) + len(body), seq) + LEN.pack(len(meta)) + meta + body

@@ -64,7 +64,8 @@ class WorkerSpec:
     code: Path         # the version folder holding func.py
     scratch: Path      # HOME and TMPDIR: the only folder the function may write
     args: tuple[str, ...]  # arguments of _worker.py
-    env: Mapping[str, str] = ()  # type: ignore[assignment]  # the function's own settings (SPEC 10)
+    env: Mapping[str, str] = ()  # type: ignore[assignment]  # the function's own env and secrets (SPEC 10)
+    memory_mb: int = 0  # the function's own memory limit; 0: the server's --memory-mb
 
 
 class Sandbox:
@@ -126,6 +127,8 @@ class Sandbox:
         uid = spec.uid if self.isolation.per_function_user else None
         argv = [str(spec.python), "-I", str(WORKER_SCRIPT), str(3), *spec.args]
         launch = self._launch_spec(self.isolation.mode, argv, env, uid, channel, mounts, str(spec.code))
+        if spec.memory_mb:
+            launch["memory_bytes"] = spec.memory_mb * 1024 * 1024
         proc = subprocess.Popen([sys.executable, "-I", "-S", str(LAUNCHER)], pass_fds=(channel, self._life_r),
                                 stdin=subprocess.PIPE, stdout=_server_stderr(), cwd="/")
         with proc.stdin:  # type: ignore[union-attr]  # the spec holds the function's secrets: never in argv

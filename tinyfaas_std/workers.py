@@ -97,21 +97,24 @@ class Worker:
             self.close()
             raise StartFailed(info if isinstance(info, dict) else {"message": str(info)})
 
-    def call(self, payload: bytes) -> tuple[bytes, bytes, bytes]:
-        """Run one call: (kind, result or error JSON, record fragment); see `protocol.py`."""
+    def call(self, meta: bytes, body: bytes) -> tuple[bytes, bytes, bytes]:
+        """Run one call: (kind, value, record fragment); see `protocol.py`. The value and the fragment are spliced
+        into JSON lines, so neither may hold a line break; an `HTTP` value is the answer's bytes, sent as they are."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         try:
-            self.sock.sendall(protocol.frame(self._seq, payload))
+            self.sock.sendall(protocol.call_frame(self._seq, meta, body))
         except OSError:
             self.kill()
             raise WorkerDied from None
         answer = self._receive()
         kind = answer[:1]
-        if len(answer) < 5 or kind not in protocol.KINDS or answer.find(b"\n", 5) >= 0 or answer.find(b"\r", 5) >= 0:
+        if len(answer) < 5 or kind not in protocol.KINDS:
             self.kill()
             raise WorkerDied
         (size,) = protocol.LEN.unpack_from(answer, 1)
-        if 5 + size > len(answer) or (kind == protocol.BAD) != (5 + size == len(answer)):
+        spliced = 5 + size if kind == protocol.HTTP else 5
+        if (5 + size > len(answer) or (kind == protocol.BAD) != (5 + size == len(answer))
+                or answer.find(b"\n", spliced) >= 0 or answer.find(b"\r", spliced) >= 0):
             self.kill()
             raise WorkerDied
         return kind, answer[5:5 + size], answer[5 + size:]
