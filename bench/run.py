@@ -53,6 +53,11 @@ wrk.headers["Authorization"] = "Basic YWRtaW46MTIzNA=="
 """
 WHEEL = ("benchdep", "1.0", "VALUE = 42\n")          # dist (= module) name, version, module code
 REQ_CODE = "import benchdep\n\ndef main():\n    return benchdep.VALUE\n"
+EVENT_CODE = "def main(event, context):\n    return event['args'][0] + event['args'][1]\n"
+HTTP_CODE = "def main(request):\n    return {'statusCode': 200, 'body': request['params'].get('a', '')}\n"
+GET_LUA = """wrk.method = "GET"
+wrk.headers["Authorization"] = "Basic YWRtaW46MTIzNA=="
+"""
 MB = 1024 * 1024
 POLL_SECONDS = 3.0  # after the idle wait, how long to watch for the last idle worker to go
 
@@ -337,9 +342,11 @@ def multipart(parts: dict[str, tuple[str | None, bytes]]) -> tuple[bytes, str]:
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-def upload(port: int, name: str, code: str, requirements: str | None = None) -> float:
+def upload(port: int, name: str, code: str, requirements: str | None = None,
+           fields: dict[str, str] | None = None) -> float:
     """POST /admin/upload; answers the client-side wall clock of the request in seconds."""
     parts = {"name": (None, name.encode()), "file": ("func.py", code.encode())}
+    parts.update({key: (None, value.encode()) for key, value in (fields or {}).items()})
     if requirements is not None:
         parts["requirements"] = ("requirements.txt", requirements.encode())
     body, content_type = multipart(parts)
@@ -464,10 +471,10 @@ class CpuMeter:
         return target, max(0.0, (busy1 - busy0) - target - workers - (ours1 - ours0))
 
 
-def run_wrk(target: Target, connections: int, seconds: int, lua: Path) -> Load:
+def run_wrk(target: Target, connections: int, seconds: int, lua: Path, path: str = "/function/add") -> Load:
     """One wrk run against any target, with the target's own CPU time and peak RSS across it."""
     cmd = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua),
-           f"http://127.0.0.1:{target.port}/function/add"]
+           f"http://127.0.0.1:{target.port}{path}"]
     sampler, meter, began = RssSampler(target), CpuMeter(target), time.monotonic()
     sampler.start()
     try:
@@ -533,6 +540,28 @@ def load_rows(loads: dict[tuple[str, int], Load], server: str) -> list[Row]:
     rows.append(Row("errors, all load runs", "count", errors(server), errors("ceiling_stdlib"),
                     errors("ceiling_raw"), at_most(0, "0"), f"server non-2xx/socket at 1, 8, 64 conn: {detail}"))
     return rows
+
+
+def convention_rows(target: Target, plan: Plan, lua: Path, tmp: Path) -> list[Row]:
+    """Warm calls/s at 8 connections of an `event` function (the same body as `add`'s) and of an `http` function
+    answering a GET with a query, in alternating runs with `add` so the machine's drift hits all three alike."""
+    get_lua = tmp / "get.lua"
+    get_lua.write_text(GET_LUA)
+    upload(target.port, "ev", EVENT_CODE, fields={"calling": "event"})
+    upload(target.port, "web", HTTP_CODE, fields={"calling": "http"})
+    runs: dict[str, list[Load]] = {"add": [], "ev": [], "web": []}
+    for _ in range(plan.rounds):
+        runs["add"].append(run_wrk(target, 8, plan.load_seconds, lua))
+        runs["ev"].append(run_wrk(target, 8, plan.load_seconds, lua, "/function/ev"))
+        runs["web"].append(run_wrk(target, 8, plan.load_seconds, get_lua, "/function/web/page?a=1"))
+    add, ev, web = (median_load(runs[name]) for name in ("add", "ev", "web"))
+    return [
+        Row("event function: warm calls/s, 8 conn", "calls/s", ev.calls_per_s,
+            note=f"args function in the same rounds: {add.calls_per_s:.0f}; {ev.errors} errors; "
+                 f"CPU per call {ev.cpu_us_per_call:.0f} us"),
+        Row("http function (GET): warm calls/s, 8 conn", "calls/s", web.calls_per_s,
+            note=f"{web.errors} errors; CPU per call {web.cpu_us_per_call:.0f} us"),
+    ]
 
 
 def upload_rows(port: int) -> list[Row]:
@@ -744,7 +773,7 @@ def main_server_rows(main: ServerFolder, references: list[Path], plan: Plan, lua
     for ref in targets[1:]:
         ref.stop()
     count, total = worker_rss(server)
-    rows = load_rows(loads, server.name) + [
+    rows = load_rows(loads, server.name) + convention_rows(server, plan, lua, main.root.parent) + [
         Row("server RSS idle (after upload, before load)", "MB", idle_rss, goal=at_most(30, "<= 30 MB")),
         Row("server RSS under load (peak, 64 conn)", "MB", loads[(server.name, 64)].peak_rss_mb),
         Row("memory per warm worker (mean PSS)", "MB", total / count if count else None,
