@@ -93,29 +93,36 @@ class Deployer:
         if changes.schedule:
             raise _no_schedules()
         began = time.monotonic()
-        with self._change(name, new_ok=True) as old:
-            base = old.current if old else None
-            env, secrets = settings.apply(base.env if base else {}, self._secrets.get(name) if old else {}, changes)
-            code = self._folder(name) / f"v-{uuid.uuid4().hex[:12]}"
-            files = {**bundle.files, "requirements.txt": "".join(f"{r}\n" for r in requirements).encode()}
-            if not requirements:
-                del files["requirements.txt"]
-            try:
-                _write_files(code, files)
-                with self._venvs.use(requirements) as (venv, _built):
-                    version = Version(
-                        version=_next_version(old), created=time.time(), code=code.name,
-                        code_sha256=hashlib.sha256(data).hexdigest(), code_size=len(data), files=len(bundle.files),
-                        requirements=requirements, venv=venv.key, env=env,
-                        **_settings(base, changes))
-                    self._switch(name, old, version, secrets, new_secrets=changes.secrets is not None or not old)
-            except BaseException:
-                shutil.rmtree(code, ignore_errors=True)
-                raise
-        self.collect_garbage([name])
+        try:
+            with self._change(name, new_ok=True) as old:
+                version = self._build(name, old, data, bundle.files, requirements, changes)
+        finally:
+            self.collect_garbage([name])  # also what a rejected first upload left (its scratch folder)
         return {"name": name, "status": "ready", "created": old is None, "requirements": requirements,
                 "version": version.version, "files": version.files,
                 "build_seconds": round(time.monotonic() - began, 4)}
+
+    def _build(self, name: str, old: FunctionRecord | None, data: bytes, files: dict[str, bytes],
+               requirements: list[str], changes: settings.Changes) -> Version:
+        """Step 1 for an upload: a new code folder and its venv, then the switch. A failure removes the folder."""
+        base = old.current if old else None
+        env, secrets = settings.apply(base.env if base else {}, self._secrets.get(name) if old else {}, changes)
+        files = {key: value for key, value in files.items() if key != "requirements.txt"}
+        if requirements:  # as pip reads them: normalised, and the form's field wins over the archive's file
+            files["requirements.txt"] = "".join(f"{r}\n" for r in requirements).encode()
+        code = self._folder(name) / f"v-{uuid.uuid4().hex[:12]}"
+        try:
+            _write_files(code, files)
+            with self._venvs.use(requirements) as (venv, _built):
+                version = Version(version=_next_version(old), created=time.time(), code=code.name,
+                                  code_sha256=hashlib.sha256(data).hexdigest(), code_size=len(data),
+                                  files=len(files), requirements=requirements, venv=venv.key, env=env,
+                                  **_settings(base, changes))
+                self._switch(name, old, version, secrets, new_secrets=changes.secrets is not None or not old)
+        except BaseException:
+            shutil.rmtree(code, ignore_errors=True)
+            raise
+        return version
 
     def patch(self, name: str, changes: settings.Changes) -> None:
         """A new version of the live one with other settings: same code and venv."""
