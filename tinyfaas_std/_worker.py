@@ -143,7 +143,7 @@ def _call(convention, main, context, request: bytes, out: _Capture, err: _Captur
     prepare, finish = convention
     (size,) = protocol.LEN.unpack_from(request)
     meta = bodies.loads_strict(request[4:4 + size]) if size else None
-    if context is not None:
+    if context is not None and meta is not None:  # event and http calls carry their id and deadline
         context.call_id, context.deadline = meta["id"], meta["deadline"]
     try:
         run, fragment = prepare(main, meta, request[4 + size:], context)  # parsed before main runs

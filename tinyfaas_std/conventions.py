@@ -20,8 +20,8 @@ import time
 if __package__:
     from . import bodies, protocol
 else:  # in the worker, loaded by path: `_worker.py` registered these names first
-    import _tinyfaas_bodies as bodies  # type: ignore[no-redef]
-    import _tinyfaas_protocol as protocol  # type: ignore[no-redef]
+    import _tinyfaas_bodies as bodies  # type: ignore[no-redef,import-not-found]
+    import _tinyfaas_protocol as protocol  # type: ignore[no-redef,import-not-found]
 
 __all__ = ["CONVENTIONS", "Context", "wants_context", "input_fragment", "EMPTY_INPUT", "FRAMING_HEADERS",
            "parse_response_head"]
