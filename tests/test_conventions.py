@@ -52,6 +52,8 @@ ANSWERS = {
     "/status-99": {"statusCode": 99, "body": "no"},
     "/status-700": {"statusCode": 700, "body": "no"},
     "/status-str": {"statusCode": "200", "body": "no"},
+    "/304": {"statusCode": 304, "headers": {"ETag": '"v1"'}, "body": "ignored"},
+    "/205": {"statusCode": 205, "body": "ignored"},
 }
 
 def main(request):
@@ -483,3 +485,28 @@ def test_args_answers_carry_x_call_id_equal_to_their_id(fns: Server) -> None:
     assert error["type"] == "ZeroDivisionError"
     ids = [fns.call("args_fn", [1]).headers["x-call-id"] for _ in range(3)]
     assert len(set(ids)) == 3
+
+
+@pytest.mark.parametrize("path, length", [("/304", None), ("/205", "0")])
+def test_answers_without_content_carry_no_body_and_keep_the_connection_in_step(fns: Server, path: str,
+                                                                                length: str | None) -> None:
+    """RFC 9110: a 205 has no content (Content-Length 0); a 304's length would have to be the 200's, so none."""
+    request = (f"GET /function/http_ans{path} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n\r\n"
+               f"GET /function/http_ans/str HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n\r\n").encode()
+    raw = raw_exchange(fns.port, request, timeout=2)
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.split(b"\r\n")[0].split(b" ")[1] == path[1:].encode()
+    fields = dict(line.split(b": ", 1) for line in first.split(b"\r\n")[1:])
+    assert fields.get(b"Content-Length") == (length.encode() if length else None)
+    assert rest.startswith(b"HTTP/1.1 200 OK")  # the next answer follows at once: no body bytes in between
+
+
+def test_a_worker_that_writes_a_short_http_answer_itself_is_a_recorded_502(fns: Server) -> None:
+    src = ("import os, struct, sys, time\ndef main(request):\n    f = sys._getframe()\n"
+           "    while 'seq' not in f.f_locals:\n        f = f.f_back\n"
+           "    os.write(3, struct.pack('!II', 13, f.f_locals['seq']) + b'h' + struct.pack('!I', 2) + b'ab' + b',\"x\":1')\n"
+           "    time.sleep(5)\n")
+    assert fns.upload("http_forger", src, fields={"calling": "http"}).status == 200
+    resp = fns.request("GET", "/function/http_forger")
+    assert resp.status == 502 and resp.json["error"]["code"] == "function_crashed"
+    assert _record(fns, "http_forger", resp.headers["x-call-id"])["status"] == "crashed"

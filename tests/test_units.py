@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 
@@ -227,3 +228,25 @@ def test_owner_uid_reads_the_kernels_socket_tables() -> None:
             "00:00000000 00000000  4321        0 4\n")
     assert owner_uid(tcp6, "::1", 0xA000) == 1234
     assert owner_uid(tcp6, "::ffff:127.0.0.1", 0xA001) == 4321
+
+
+def test_a_registry_write_that_fails_changes_nothing(tmp_path, monkeypatch) -> None:
+    from tinyfaas_std import state
+
+    reg = Registry(tmp_path / "functions.json")
+    version = Version(version="1", created=1.0, code="v-1")
+    reg.put(FunctionRecord(name="a", created=1.0, updated=1.0, uid=1000, live="1", versions=(version,)))
+
+    def full_disk(path, data, mode=0o644):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state, "atomic_write", full_disk)
+    newer = FunctionRecord(name="a", created=1.0, updated=2.0, uid=1000, live="2",
+                           versions=(version, Version(version="2", created=2.0, code="v-2")))
+    for change in (lambda: reg.put(newer), lambda: reg.remove("a"),
+                   lambda: reg.put(dataclasses.replace(newer, name="b"))):
+        with pytest.raises(OSError):
+            change()
+        assert reg.names() == ["a"] and reg.get("a").live == "1"
+    monkeypatch.undo()
+    assert Registry(tmp_path / "functions.json").get("a").live == "1"

@@ -4,8 +4,9 @@ Started by the launcher (`_launcher.py`, inside the worker's sandbox) as
 `<venv>/bin/python -I _worker.py <fd> <func.py> <out> <err> <calling> <function> <version>`, by path, so it must
 use the standard library only and imports nothing of `tinyfaas_std` as a package: the wire protocol
 (`protocol.py`), the JSON rules (`bodies.py`) and the calling conventions (`conventions.py`, which turn a call's
-bytes into `main`'s arguments and its return value into an answer) are loaded by path from beside this file. It talks to the server over the socket `<fd>` (one end of a
-socketpair), never over stdout, so whatever the function prints cannot corrupt the channel.
+bytes into `main`'s arguments and its return value into an answer) are loaded by path from beside this file. It
+talks to the server over the socket `<fd>` (one end of a socketpair), never over stdout, so whatever the function
+prints cannot corrupt the channel.
 
 What a call prints through `sys.stdout`/`sys.stderr` is captured up to OUTPUT_CAP characters each, and written
 through to the files `<out>`/`<err>`, so that the server can still report it when the call times out or the process

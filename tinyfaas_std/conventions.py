@@ -171,7 +171,7 @@ def _response(value) -> tuple:
             data = bytes(body)
         else:
             data = _result(body)
-        return status, _headers(value.get("headers")), (b"" if status in (204, 304) else data)
+        return status, _headers(value.get("headers")), (b"" if status in (204, 205, 304) else data)
     if value is None:
         return 204, [], b""
     if isinstance(value, str):

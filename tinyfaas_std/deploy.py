@@ -182,12 +182,15 @@ class Deployer:
             first = self._start(record, version, {**version.env, **secrets})
         except StartFailed as exc:
             raise _rejected(exc.info) from None
+        old_secrets = self._secrets.get(name) if new_secrets else None
         try:
             if new_secrets:
                 self._secrets.put(name, secrets)
             self._registry.put(record)  # the version is live from here on
         except BaseException:
             first.close()
+            if old_secrets is not None:
+                self._secrets.put(name, old_secrets)
             raise
         current = self._table.find(name)
         log = current.log if current else self._logs.open(name)
@@ -201,10 +204,12 @@ class Deployer:
         record, version = live.record, live.version
         calls, errors = live.log.counts()
         effective = self._effective(version)
+        secrets = sorted(self._secrets.get(name))
         return {
             "name": name, "status": self._states.get(name, Lifecycle.READY).value, "version": record.live,
             "created": record.created, "updated": record.updated, "calling": version.calling,
-            "env": version.env, "secrets": sorted(self._secrets.get(name)), **effective,
+            "env": {key: value for key, value in version.env.items() if key not in secrets},  # a secret shadows
+            "secrets": secrets, **effective,
             "schedule": None, "next_run": None,
             "requirements": version.requirements, "files": version.files, "code_sha256": version.code_sha256,
             "code_size": version.code_size, "venv": version.venv, "uid": record.uid,

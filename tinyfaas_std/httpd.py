@@ -55,6 +55,7 @@ _RECV = 16 * 1024          # a typical request whole in one recv; below malloc's
 _RECV_BULK = 1024 * 1024   # per recv while a large body is still due
 _SEND_BLOCK = 64 * 1024    # a streamed answer is written in pieces of about this size (one chunk each)
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+_NO_CONTENT = (204, 205, 304)  # statuses whose answers have no content (RFC 9110 15.3.5, 15.3.6, 15.4.5)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -480,8 +481,9 @@ class Handler(BaseHTTPRequestHandler):
             ident = b"X-Call-Id: %s\r\n" % reply.call_id.encode() if reply.call_id else b""
             self.connection.sendall(b"%s%d\r\n%s\r\n%s\n" % (_OK_HEAD, len(body) + 1, ident, body))
         elif reply.raw:  # an http function's answer, its Content-Type among its headers
-            body = b"" if reply.status in (204, 304) else body
-            length = [] if reply.status == 204 else [f"Content-Length: {len(body)}"]
+            body = b"" if reply.status in _NO_CONTENT else body
+            # RFC 9110 8.6: none on a 204; a 304's would have to be the 200's size, which is unknown here
+            length = [] if reply.status in (204, 304) else [f"Content-Length: {len(body)}"]
             head = _head(reply.status, [*length, *self._fields(reply)], content_type=None)
             self.connection.sendall(head if self._head_only else head + body)
         else:

@@ -47,7 +47,8 @@ def parse_env_lines(text: str, field_name: str) -> dict[str, str]:
     """`KEY=VALUE` lines: `#` comments and blank lines allowed; the value is the rest of the line after the first
     `=`, as it is (spaces kept)."""
     env: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 and friends may be in a value
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, sep, value = line.partition("=")
@@ -56,6 +57,8 @@ def parse_env_lines(text: str, field_name: str) -> dict[str, str]:
             raise BadRequest(f"{field_name}, line {number}: expected NAME=VALUE", code="bad_env", field=field_name,
                              line=number)
         _check_name(name, field_name)
+        if "\0" in value:
+            raise BadRequest(f"{field_name}: the value of {name} contains NUL", code="bad_env", field=field_name)
         if name in env:
             raise BadRequest(f"{field_name}: {name} is set twice", code="bad_env", field=field_name)
         env[name] = value
@@ -72,8 +75,8 @@ def from_form(fields: dict[str, str]) -> Changes:
             settings[name] = _number(name, fields[name].strip())
     env = parse_env_lines(fields["env"], "env") if "env" in fields else None
     secrets = parse_env_lines(fields["secrets"], "secrets") if "secrets" in fields else None
-    return Changes(settings, env, secrets, replace_env=env is not None, replace_secrets=secrets is not None,  # type: ignore[arg-type]
-                   schedule="schedule" in fields)
+    return Changes(settings, env, secrets, replace_env=env is not None,  # type: ignore[arg-type]
+                   replace_secrets=secrets is not None, schedule="schedule" in fields)
 
 
 _PATCH_KEYS = {"calling", "env", "secrets", "timeout", "memory_mb", "max_workers", "schedule"}
@@ -98,9 +101,13 @@ def from_patch(doc: Any) -> Changes:
 
 def apply(old_env: dict[str, str], old_secrets: dict[str, str], changes: Changes) -> tuple[dict[str, str],
                                                                                           dict[str, str]]:
-    """The environment and secrets after `changes`; checked together, as the worker will receive them."""
+    """The environment and secrets after `changes`; checked together, as the worker will receive them. A name
+    both in the inherited env and in the secrets (a rollback to a version from before it became a secret) is the
+    secret's: it is dropped from the env. Setting one name as both in the same change is refused."""
     env = _merge(old_env, changes.env, changes.replace_env)
     secrets = _merge(old_secrets, changes.secrets, changes.replace_secrets)
+    named = set(changes.env or ()) | set(changes.secrets or ())
+    env = {name: value for name, value in env.items() if name not in secrets or name in named}
     check_environment(env, secrets)
     return env, secrets
 
@@ -165,7 +172,7 @@ def _number(name: str, value: Any) -> float | int:
         number = float(value) if name == "timeout" else _integer(value)
         if isinstance(value, bool) or not math.isfinite(number):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         number = math.nan
     if name == "timeout" and 0 < number <= MAX_TIMEOUT:
         return number

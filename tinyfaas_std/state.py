@@ -83,8 +83,9 @@ def _record(raw: dict[str, Any]) -> FunctionRecord:
 
 
 def _migrate_v1(name: str, meta: dict[str, Any]) -> FunctionRecord:
-    version = Version(version="1", created=meta["updated"], code=meta["version"], code_sha256=meta["code_sha256"],
-                      code_size=meta["code_size"], requirements=meta["requirements"], venv=meta["venv"])
+    version = Version(version="1", created=meta["updated"], code=meta.get("version", ""),
+                      code_sha256=meta.get("code_sha256", ""), code_size=meta.get("code_size", 0),
+                      requirements=meta.get("requirements", []), venv=meta.get("venv", ""))
     return FunctionRecord(name=name, created=meta["created"], updated=meta["updated"], uid=meta.get("uid", 0),
                           live="1", versions=(version,))
 
@@ -116,20 +117,21 @@ class Registry:
 
     def put(self, record: FunctionRecord) -> None:
         with self._lock:
-            self._functions[record.name] = record
-            self._save()
+            self._commit({**self._functions, record.name: record})
 
     def remove(self, name: str) -> FunctionRecord | None:
         with self._lock:
-            record = self._functions.pop(name, None)
+            record = self._functions.get(name)
             if record is not None:
-                self._save()
+                self._commit({key: value for key, value in self._functions.items() if key != name})
             return record
 
-    def _save(self) -> None:
+    def _commit(self, functions: dict[str, FunctionRecord]) -> None:
+        """Write `functions`, then make them the registry: a failed write changes nothing, on disk or here."""
         doc = {"version": _REGISTRY_VERSION,
-               "functions": {name: asdict(record) for name, record in sorted(self._functions.items())}}
+               "functions": {name: asdict(record) for name, record in sorted(functions.items())}}
         atomic_write(self._path, json.dumps(doc, indent=1).encode())
+        self._functions = functions
 
 
 class SecretStore:

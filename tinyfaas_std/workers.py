@@ -114,6 +114,7 @@ class Worker:
         (size,) = protocol.LEN.unpack_from(answer, 1)
         spliced = 5 + size if kind == protocol.HTTP else 5
         if (5 + size > len(answer) or (kind == protocol.BAD) != (5 + size == len(answer))
+                or kind == protocol.HTTP and (size < 4 or protocol.LEN.unpack_from(answer, 5)[0] > size - 4)
                 or answer.find(b"\n", spliced) >= 0 or answer.find(b"\r", spliced) >= 0):
             self.kill()
             raise WorkerDied
