@@ -82,7 +82,7 @@ class Caller:
             if exc.status in (429, 502):  # the call was made and failed: it belongs in the log
                 self._record_refusal(live, call_id, start, _meta(live, call_id, request), body, exc)
             raise
-        meta = _meta(live, call_id, request)
+        meta = None if live.version.calling == "args" else _meta(live, call_id, request)
         kind, value, rest = self._execute(live, worker, meta, body)
         if kind == "bad":
             raise _bad_body(value)
@@ -94,7 +94,8 @@ class Caller:
     def _acquire(self, live: Live, request: tuple[str, str, str, dict[str, str]]) -> tuple[Worker, Live]:
         """A worker of the function's live version. A call that raced with a replacement follows it."""
         while True:
-            _check_request(live, request)
+            if live.version.calling != "args" or request[0] != "POST" or request[1]:  # not the hot path
+                _check_request(live, request)
             try:
                 return live.pool.acquire(wait=live.timeout), live
             except PoolClosed:

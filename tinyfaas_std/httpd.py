@@ -478,8 +478,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send_stream(reply, reply.stream)
         elif reply.status == 200 and not (reply.headers or reply.raw or self.close_connection or self._head_only
                                           or self._http10):  # the hot path
-            ident = b"X-Call-Id: %s\r\n" % reply.call_id.encode() if reply.call_id else b""
-            self.connection.sendall(b"%s%d\r\n%s\r\n%s\n" % (_OK_HEAD, len(body) + 1, ident, body))
+            if reply.call_id:
+                self.connection.sendall(b"%s%d\r\nX-Call-Id: %s\r\n\r\n%s\n" % (
+                    _OK_HEAD, len(body) + 1, reply.call_id.encode(), body))
+            else:
+                self.connection.sendall(b"%s%d\r\n\r\n%s\n" % (_OK_HEAD, len(body) + 1, body))
         elif reply.raw:  # an http function's answer, its Content-Type among its headers
             body = b"" if reply.status in _NO_CONTENT else body
             # RFC 9110 8.6: none on a 204; a 304's would have to be the 200's size, which is unknown here

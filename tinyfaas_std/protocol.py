@@ -52,4 +52,10 @@ def input_fragment(fragment: bytes, empty: bytes = b'"args":null,"kwargs":null')
 
 def call_frame(seq: int, meta: bytes, body: bytes) -> bytes:
     """A call, server -> worker: LEN(meta), meta (JSON for the event and http conventions, else empty), body."""
-    return HEAD.pack(LEN.size + len(meta) + len(body), seq) + LEN.pack(len(meta)) + meta + body
+    if not meta:  # an args call: the hot path
+        return _HEAD_PACK(LEN.size + len(body), seq) + _NO_META + body
+    return _HEAD_PACK(LEN.size + len(meta) + len(body), seq) + LEN.pack(len(meta)) + meta + body
+
+
+_HEAD_PACK = HEAD.pack
+_NO_META = LEN.pack(0)
