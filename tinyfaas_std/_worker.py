@@ -120,6 +120,7 @@ def _import(name: str, path: str):
     return module
 
 
+_NO_META = b"\0\0\0\0"  # LEN(0): a call without meta
 _HERE = os.path.dirname(os.path.abspath(__file__))
 protocol = _import("_tinyfaas_protocol", os.path.join(_HERE, "protocol.py"))
 bodies = _import("_tinyfaas_bodies", os.path.join(_HERE, "bodies.py"))
@@ -142,12 +143,15 @@ def _strays() -> frozenset:
 def _call(convention, main, context, request: bytes, out: _Capture, err: _Capture) -> bytes:
     """One call: (kind, LEN, value, record fragment); see protocol.py. `request` is LEN(meta), meta, body."""
     prepare, finish = convention
-    (size,) = protocol.LEN.unpack_from(request)
-    meta = bodies.loads_strict(request[4:4 + size]) if size else None
-    if context is not None and meta is not None:  # event and http calls carry their id and deadline
-        context.call_id, context.deadline = meta["id"], meta["deadline"]
+    if request.startswith(_NO_META):  # an args call: no meta
+        meta, body = None, request[4:]
+    else:
+        (size,) = protocol.LEN.unpack_from(request)
+        meta, body = bodies.loads_strict(request[4:4 + size]), request[4 + size:]
+        if context is not None:  # event and http calls carry their id and deadline
+            context.call_id, context.deadline = meta["id"], meta["deadline"]
     try:
-        run, fragment = prepare(main, meta, request[4 + size:], context)  # parsed before main runs
+        args, kwargs, fragment = prepare(main, meta, body, context)  # parsed before main runs
     except bodies.BadBody as exc:
         body = bodies.encode({"code": exc.code, "message": str(exc)}).encode()
         return protocol.BAD + protocol.LEN.pack(len(body)) + body
@@ -156,7 +160,7 @@ def _call(convention, main, context, request: bytes, out: _Capture, err: _Captur
     err.reset(strays)
     sys.stdout, sys.stderr = out, err
     try:
-        kind, value, extra = finish(run())  # NaN, sets, huge ints, bad headers raise here: the call's error
+        kind, value, extra = finish(main(*args, **kwargs))  # NaN, sets, huge ints, bad headers raise here: the call's error
     except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
         kind, value, extra = protocol.ERROR, bodies.encode(_error(exc)).encode(), b""
     finally:

@@ -6,8 +6,8 @@ Strategy: this module runs where the conventions are applied, inside the worker 
 imports are kept lazy. The server forwards a call's body untouched and adds a small JSON `meta` for the
 conventions that need it; it imports this module only to describe a call whose worker died before answering.
 
-Each convention is a pair: `prepare(main, meta, body)` parses the input before `main` runs (a bad input is
-`BadBody`, a 400) and returns the call to make and the record's input fragment; `finish(value)` encodes what
+Each convention is a pair: `prepare(main, meta, body, context)` parses the input before `main` runs (a bad input
+is `BadBody`, a 400) and returns `main`'s positional and keyword arguments and the record's input fragment; `finish(value)` encodes what
 `main` returned as (kind, value bytes, record fragment). The conventions:
 - `args`: the body is an invocation (bodies.py); `main(*args, **kwargs)`; answers a JSON result.
 - `event`: the body is any JSON value (empty: null); `main(event[, context])`; answers a JSON result.
@@ -59,18 +59,21 @@ def wants_context(main) -> bool:
     return bool(code.co_flags & 0x04) or code.co_argcount - bound >= 2  # 0x04: CO_VARARGS
 
 
-def _result(value) -> bytes:
+def _finish_json(value) -> tuple:
     """A JSON result under the arguments' rules: nesting, size, no NaN (raises; the call is then an error)."""
     body = bodies.encode(value)
     if body.count("[") + body.count("{") > bodies.MAX_DEPTH and not bodies.depth_ok(value):
         raise ValueError(f"the result is nested deeper than {bodies.MAX_DEPTH} levels")
     if len(body) > protocol.MAX_RESULT_BYTES:
         raise ValueError(f"the result is {len(body)} bytes of JSON; the limit is {protocol.MAX_RESULT_BYTES}")
-    return body.encode()
+    return protocol.OK, body.encode(), b""
 
 
-def _finish_json(value) -> tuple:
-    return protocol.OK, _result(value), b""
+def _result(value) -> bytes:
+    return _finish_json(value)[1]
+
+
+_NO_KWARGS: dict = {}
 
 
 # -- args -------------------------------------------------------------------------------------------------------
@@ -78,7 +81,7 @@ def _finish_json(value) -> tuple:
 def _prepare_args(main, meta, body: bytes, context) -> tuple:
     call = bodies.parse_invocation(body)
     fragment = protocol.input_fragment(call.fragment())  # before main runs: it may change its arguments
-    return (lambda: main(*call.args, **call.kwargs)), fragment
+    return call.args, call.kwargs, fragment
 
 
 # -- event ------------------------------------------------------------------------------------------------------
@@ -98,9 +101,7 @@ def _event_fragment(event) -> bytes:
 def _prepare_event(main, meta, body: bytes, context) -> tuple:
     event = _event(body)
     fragment = _event_fragment(event)
-    if context is None:
-        return (lambda: main(event)), fragment
-    return (lambda: main(event, context)), fragment
+    return ((event,) if context is None else (event, context)), _NO_KWARGS, fragment
 
 
 # -- http -------------------------------------------------------------------------------------------------------
@@ -134,9 +135,7 @@ def _request_fragment(meta: dict, request: dict, size: int) -> bytes:
 def _prepare_http(main, meta, body: bytes, context) -> tuple:
     request = http_request(meta, body)
     fragment = _request_fragment(meta, request, len(body))
-    if context is None:
-        return (lambda: main(request)), fragment
-    return (lambda: main(request, context)), fragment
+    return ((request,) if context is None else (request, context)), _NO_KWARGS, fragment
 
 
 def _finish_http(value) -> tuple:
