@@ -564,6 +564,35 @@ def convention_rows(target: Target, plan: Plan, lua: Path, tmp: Path) -> list[Ro
     ]
 
 
+def async_rows(port: int, calls: int = 2000, timed: int = 50) -> list[Row]:
+    """Async calls accepted per second (one keep-alive connection, each on disk before its 202) and the time
+    from a 202 to the call's record being readable at /admin/calls/<id>, polled every millisecond."""
+    upload(port, "aq", "def main(i):\n    return i\n")
+    with Client(port) as client:
+        began = time.perf_counter()
+        ids = []
+        for i in range(calls):
+            _, status, body = client.timed("POST", "/async-function/aq", b"[%d]" % i)
+            if status != 202:
+                raise RuntimeError(f"async call answered {status}: {body[:200]!r}")
+            ids.append(json.loads(body)["id"])
+        accepted = calls / (time.perf_counter() - began)
+        for call_id in ids:  # all of them done: none lost
+            while b'"status":"ok"' not in client.timed("GET", f"/admin/calls/{call_id}")[2]:
+                time.sleep(0.01)
+        latencies = []
+        for i in range(timed):
+            _, _, body = client.timed("POST", "/async-function/aq", b"[%d]" % i)
+            began, call_id = time.perf_counter(), json.loads(body)["id"]
+            while b'"trigger"' not in client.timed("GET", f"/admin/calls/{call_id}")[2]:
+                time.sleep(0.001)
+            latencies.append(time.perf_counter() - began)
+    return [Row("async calls accepted/s, 1 connection", "calls/s", accepted,
+                note=f"{calls} calls, each written to disk before its 202; all ran"),
+            Row(f"async call, 202 to done (median of {timed})", "ms", median_ms(latencies),
+                note=f"max {max(latencies) * 1e3:.1f} ms; polled each ms")]
+
+
 def upload_rows(port: int) -> list[Row]:
     """Uploads timed client-side, and the first call right after each plain upload."""
     plain, first_calls = [], []
@@ -783,6 +812,8 @@ def main_server_rows(main: ServerFolder, references: list[Path], plan: Plan, lua
     rows += status_rows(server.port)
     log("uploads")
     rows += upload_rows(server.port)
+    log("async calls")
+    rows += async_rows(server.port)
     log("soak runs")
     rows += soak_rows(server, plan, lua)
     records = fill_log(server, plan, lua)

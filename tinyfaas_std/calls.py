@@ -14,6 +14,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import conventions, protocol
@@ -23,9 +24,12 @@ from .live import Live, LiveTable, shutting_down
 from .logs import encode_record
 from .workers import PoolClosed, Worker, WorkerDied, WorkerTimeout
 
-__all__ = ["Caller", "Answer"]
+__all__ = ["Caller", "Answer", "Started", "Request", "check_request"]
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+Request = tuple[str, str, str, dict[str, str]]  # method, path after the name, raw query, headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,18 @@ class Answer:
     call_id: str
     headers: tuple[tuple[str, str], ...] = ()
     raw: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A call that has its worker: `Caller.begin`'s result, for `Caller.complete`."""
+    live: Live
+    worker: Worker
+    call_id: str
+    request: Request
+    body: bytes
+    start: float
+    trigger: str      # "http" (a synchronous call), "async" or "schedule"
 
 
 _UUID4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (1 << 128) - 1  # clears the version and variant bits
@@ -65,39 +81,59 @@ class Caller:
         call_id = self._ids.next()
         self._table.enter()
         try:
-            return self._invoke(call_id, name, (method, path, query, headers), body)
+            return self.complete(self.begin(call_id, name, (method, path, query, headers), body, "http"))[0]
         except FaasError as exc:
             exc.headers = {**exc.headers, "X-Call-Id": call_id}
             raise
         finally:
             self._table.leave()
 
-    def _invoke(self, call_id: str, name: str, request: tuple[str, str, str, dict[str, str]],
-                body: bytes) -> Answer:
+    def new_id(self) -> str:
+        return self._ids.next()
+
+    def begin(self, call_id: str, name: str, request: Request, body: bytes, trigger: str,
+              wait: float | None = None) -> Started:
+        """The first half of a call: a worker of the function's live version, lent in the order calls ask
+        (waiting up to `wait` seconds, -1: as long as it takes; default: the function's timeout). A call refused
+        here (429, or 502 when no worker could start) is recorded, then raised with its line as `exc.record`."""
         live = self._table.get(name)
         start = time.time()
         try:
-            worker, live = self._acquire(live, request)
+            worker, live = self._acquire(live, request, live.timeout if wait is None else wait)
         except FaasError as exc:
             if exc.status in (429, 502):  # the call was made and failed: it belongs in the log
-                self._record_refusal(live, call_id, start, _meta(live, call_id, request), body, exc)
+                exc.record = self._record_refusal(live, call_id, start, _meta(live, call_id, request), body, exc,
+                                                  trigger)
             raise
-        meta = None if live.version.calling == "args" else _meta(live, call_id, request)
-        kind, value, rest = self._execute(live, worker, meta, body)
-        if kind == "bad":
-            raise _bad_body(value)
-        if kind == "http":
-            return self._http_answer(live, call_id, start, value, rest)
-        end = self._record(live, call_id, start, kind, rest + _record_value(kind, value))
-        return _answer(call_id, kind, value, end - start)
+        return Started(live, worker, call_id, request, body, start, trigger)
 
-    def _acquire(self, live: Live, request: tuple[str, str, str, dict[str, str]]) -> tuple[Worker, Live]:
+    def complete(self, call: Started,
+                 after: Callable[[Answer], bytes] | None = None) -> tuple[Answer, bytes]:
+        """The second half: run the call on its worker, record it and shape its answer. `after` runs once the
+        answer is known and before the record is written, and gives more record fields (an async call's
+        callback). Returns the answer and the record's line."""
+        live, call_id, start = call.live, call.call_id, call.start
+        meta = None if live.version.calling == "args" else _meta(live, call_id, call.request)
+        kind, value, rest = self._execute(live, call.worker, meta, call.body)
+        if kind == "bad":
+            bad = _bad_body(value)
+            if call.trigger == "http":
+                raise bad
+            kind, value = "error", b'{"type":"BadRequest","message":%s,"traceback":""}' % _quote(bad.message)
+            rest = _describe(live, meta, call.body) + b"," + protocol.NO_OUTPUT
+        if kind == "http":
+            return self._http_answer(call, value, rest, after)
+        answer = _answer(call_id, kind, value, time.time() - start)
+        rest += _record_value(kind, value) + (after(answer) if after else b"")
+        return answer, self._record(live, call_id, start, kind, rest, call.trigger)
+
+    def _acquire(self, live: Live, request: Request, wait: float) -> tuple[Worker, Live]:
         """A worker of the function's live version. A call that raced with a replacement follows it."""
         while True:
             if live.version.calling != "args" or request[0] != "POST" or request[1]:  # not the hot path
-                _check_request(live, request)
+                check_request(live, request)
             try:
-                return live.pool.acquire(wait=live.timeout), live
+                return live.pool.acquire(wait=wait), live
             except PoolClosed:
                 if self._table.closing:
                     raise shutting_down() from None
@@ -121,20 +157,24 @@ class Caller:
         finally:
             live.pool.release(worker, healthy)
 
-    def _http_answer(self, live: Live, call_id: str, start: float, value: bytes, rest: bytes) -> Answer:
+    def _http_answer(self, call: Started, value: bytes, rest: bytes,
+                     after: Callable[[Answer], bytes] | None) -> tuple[Answer, bytes]:
+        live, call_id = call.live, call.call_id
         (size,) = protocol.LEN.unpack_from(value)
         try:
             status, headers = conventions.parse_response_head(value[4:4 + size])
         except ValueError:  # the worker checked it: this one wrote to its channel itself
             message = "the function's worker sent a malformed answer"
-            self._record(live, call_id, start, "crashed", rest + b',"error":{"type":"WorkerDied","message":%s}'
-                         % _quote(message))
-            raise WorkerCrashed(message, code="function_crashed") from None
-        self._record(live, call_id, start, "ok", rest)
-        return Answer(status, value[4 + size:], call_id, (*headers, ("X-Call-Id", call_id)), raw=True)
+            crashed = WorkerCrashed(message, code="function_crashed")
+            crashed.record = self._record(live, call_id, call.start, "crashed", rest + b',"error":{"type":'
+                                          b'"WorkerDied","message":%s}' % _quote(message), call.trigger)
+            raise crashed from None
+        answer = Answer(status, value[4 + size:], call_id, (*headers, ("X-Call-Id", call_id)), raw=True)
+        rest += after(answer) if after else b""
+        return answer, self._record(live, call_id, call.start, "ok", rest, call.trigger)
 
     def _record_refusal(self, live: Live, call_id: str, start: float, meta: dict | None, body: bytes,
-                        exc: FaasError) -> None:
+                        exc: FaasError, trigger: str) -> bytes:
         """A call that got no worker (429) or whose worker could not start (502). Its body was not parsed by a
         worker, so it is parsed here: a bad one is the 400 it would have been."""
         try:
@@ -142,21 +182,21 @@ class Caller:
         except BadBody as bad:
             raise BadRequest(str(bad), code=bad.code) from None
         error = b'{"type":"%s","message":%s}' % (type(exc).__name__.encode(), _quote(exc.message))
-        self._record(live, call_id, start, "crashed" if exc.status == 502 else "error",
-                     described + b"," + protocol.NO_OUTPUT + b',"error":' + error)
+        return self._record(live, call_id, start, "crashed" if exc.status == 502 else "error",
+                            described + b"," + protocol.NO_OUTPUT + b',"error":' + error, trigger)
 
-    def _record(self, live: Live, call_id: str, start: float, status: str, rest: bytes) -> float:
-        end = time.time()
+    def _record(self, live: Live, call_id: str, start: float, status: str, rest: bytes, trigger: str) -> bytes:
+        line = encode_record(id=call_id, status=status, function=live.name, trigger=trigger, start=start,
+                             end=time.time(), rest=rest)
         try:
-            live.log.append(encode_record(id=call_id, status=status, function=live.name, start=start,
-                                          end=end, rest=rest), status != "ok")
+            live.log.append(line, status != "ok")
         except OSError as exc:  # e.g. the disk is full: every call is logged before it is answered, or fails
             raise ServiceUnavailable(f"the call {call_id} ran, but its record could not be written: "
                                      f"{exc.strerror or exc}", code="log_write_failed") from None
-        return end
+        return line
 
 
-def _check_request(live: Live, request: tuple[str, str, str, dict[str, str]]) -> None:
+def check_request(live: Live, request: Request) -> None:
     """Only an http function answers other methods than POST, and sub-paths."""
     method, path = request[0], request[1]
     if live.version.calling == "http":
@@ -172,7 +212,7 @@ def _check_request(live: Live, request: tuple[str, str, str, dict[str, str]]) ->
                                f"{method})", headers={"Allow": "POST"}, allow=["POST"])
 
 
-def _meta(live: Live, call_id: str, request: tuple[str, str, str, dict[str, str]]) -> dict | None:
+def _meta(live: Live, call_id: str, request: Request) -> dict | None:
     """What the worker needs beside the body: nothing for `args` (the hot path), the call's id and deadline for
     the others, and the request's method, path, query and headers for `http` (never its credentials)."""
     calling = live.version.calling

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .callbacks import parse_allow
+
 __all__ = ["Config", "parse_config", "DEFAULT_PASSWORD"]
 
 DEFAULT_USERNAME = "admin"
@@ -46,6 +48,8 @@ class Config:
     isolation: str = "auto"     # how workers are contained: auto (the strongest that works) or a mode of sandbox.py
     source_builds: str = "refuse"  # "allow": pip may build sdists (their build code runs as the server's user)
     keep_versions: int = 5      # versions of each function kept for rollback (SPEC 10)
+    max_async_queue: int = 10000  # async calls that may wait per function (SPEC 11)
+    callback_allow: str = ""    # origins async calls may be called back at, comma-separated (SPEC 11)
 
     @property
     def uids(self) -> range:
@@ -90,6 +94,9 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "source_builds": (str, "refuse (wheels only) or allow: whether pip may build requirements from source, which "
                            "runs their build code as the server's user"),
     "keep_versions": (int, "versions of each function kept, with their code and venv, for rollback"),
+    "max_async_queue": (int, "async calls that may wait per function before 429"),
+    "callback_allow": (str, "origins (scheme://host:port, comma-separated) that X-Callback-Url may name; none "
+                            "by default"),
 }
 
 
@@ -121,6 +128,12 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         parser.error("--max-workers must be >= 1, --log-retention and --max-queue >= 0")
     if min(config.max_processes, config.max_file_mb, config.max_connections, config.keep_versions) < 1:
         parser.error("--max-processes, --max-file-mb, --max-connections and --keep-versions must be >= 1")
+    if config.max_async_queue < 1:
+        parser.error("--max-async-queue must be >= 1")
+    try:
+        parse_allow(config.callback_allow)
+    except ValueError as exc:
+        parser.error(str(exc))
     if config.isolation not in ("auto", "namespace-root", "namespace-user", "subreaper"):
         parser.error("--isolation must be auto, namespace-root, namespace-user or subreaper")
     if config.source_builds not in ("refuse", "allow"):

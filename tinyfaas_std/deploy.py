@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,11 @@ _MOVES: dict[Lifecycle | None, set[Lifecycle | None]] = {
 
 class Deployer:
     def __init__(self, config: Config, table: LiveTable, registry: Registry, secrets: SecretStore,
-                 logs: LogStore, venvs: VenvBuilder, sandbox: Sandbox, functions_dir: Path) -> None:
+                 logs: LogStore, venvs: VenvBuilder, sandbox: Sandbox, functions_dir: Path,
+                 on_change: Callable[[str, Version | None], None] = lambda name, version: None) -> None:
+        """`on_change(name, version)` is told each version that goes live (None: the function was deleted)."""
         self.config = config
+        self._on_change = on_change
         self._table, self._registry, self._secrets, self._logs = table, registry, secrets, logs
         self._venvs, self._sandbox, self._dir = venvs, sandbox, functions_dir
         self._lock = threading.Lock()  # guards the dicts and the set below
@@ -80,6 +84,7 @@ class Deployer:
             self._table.swap(self._live(record, record.current, self._logs.open(record.name), env))
             self._states[record.name] = Lifecycle.READY
             self._link(record)
+            self._on_change(record.name, record.current)
 
     # -- changes -----------------------------------------------------------------------------------------------
 
@@ -90,8 +95,6 @@ class Deployer:
         if requirements_text is None and "requirements.txt" in bundle.files:
             requirements_text = _text(bundle.files["requirements.txt"], "requirements.txt")
         requirements = parse_requirements(requirements_text or "")
-        if changes.schedule:
-            raise _no_schedules()
         began = time.monotonic()
         try:
             with self._change(name, new_ok=True) as old:
@@ -126,8 +129,6 @@ class Deployer:
 
     def patch(self, name: str, changes: settings.Changes) -> None:
         """A new version of the live one with other settings: same code and venv."""
-        if changes.schedule:
-            raise _no_schedules()
         with self._change(name) as old:
             assert old is not None
             base = old.current
@@ -163,6 +164,7 @@ class Deployer:
             live.log.close()
             self._logs.remove(name)
             self._secrets.remove(name)
+            self._on_change(name, None)
         self.collect_garbage([name])
         return {"deleted": name}
 
@@ -196,6 +198,7 @@ class Deployer:
         log = current.log if current else self._logs.open(name)
         self._table.swap(self._live(record, version, log, {**version.env, **secrets}, first))
         self._link(record)
+        self._on_change(name, version)
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -210,7 +213,7 @@ class Deployer:
             "created": record.created, "updated": record.updated, "calling": version.calling,
             "env": {key: value for key, value in version.env.items() if key not in secrets},  # a secret shadows
             "secrets": secrets, **effective,
-            "schedule": None, "next_run": None,
+            "schedule": version.schedule,
             "requirements": version.requirements, "files": version.files, "code_sha256": version.code_sha256,
             "code_size": version.code_size, "venv": version.venv, "uid": record.uid,
             "versions": len(record.versions), "invocations": calls, "errors": errors,
@@ -409,9 +412,9 @@ def check_name(name: str) -> None:
 
 
 def _settings(base: Version | None, changes: settings.Changes) -> dict[str, Any]:
-    """calling, timeout, memory_mb and max_workers: the changed ones, else the base version's (else defaults)."""
-    inherited = {key: getattr(base, key) for key in ("calling", "timeout", "memory_mb", "max_workers")} if base \
-        else {}
+    """calling, timeout, memory_mb, max_workers and schedule: the changed ones, else the base version's."""
+    keys = ("calling", "timeout", "memory_mb", "max_workers", "schedule")
+    inherited = {key: getattr(base, key) for key in keys} if base else {}
     return {**inherited, **changes.settings}
 
 
@@ -454,8 +457,6 @@ def _rejected(info: dict[str, Any]) -> Unprocessable:
                          code="function_rejected", line=info.get("line"), traceback=info.get("traceback", ""))
 
 
-def _no_schedules() -> BadRequest:
-    return BadRequest("schedules are not supported yet", code="bad_setting", field="schedule")
 
 
 def _replace_symlink(link: Path, target: str) -> None:

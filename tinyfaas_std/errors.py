@@ -25,6 +25,7 @@ class FaasError(Exception):
     status: int = 500
     code: str = "internal_error"
     close: bool = False
+    record: bytes | None = None  # the log line of a call that failed before it had an answer (calls.py)
 
     def __init__(self, message: str, *, code: str | None = None, close: bool | None = None,
                  headers: dict[str, str] | None = None, **extra: Any) -> None:

@@ -5,6 +5,7 @@ the one owner of what it keeps:
 - `LiveTable` (live.py): what runs now, per function its live version's pool and log;
 - `Deployer` (deploy.py): uploads, settings, versions, rollback, delete, collection;
 - `Caller` (calls.py): calls, their records and answers;
+- `AsyncCalls` (queue.py) and `Scheduler` (scheduler.py): calls that do not wait, and calls on a timetable;
 - `Registry`/`SecretStore` (state.py) and `LogStore` (logs.py): what is on disk;
 - `VenvBuilder` (venvs.py) and `Sandbox` (sandbox.py): venvs, and how a worker process is started.
 Uploaded code never runs in this process: it is compiled here (syntax errors are cheap to report) and imported
@@ -17,6 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from .callbacks import parse_allow
 from .calls import Answer, Caller
 from .config import Config
 from .deploy import Deployer, Lifecycle, NAME_PATTERN, check_name
@@ -24,10 +26,14 @@ from .live import LiveTable
 from .logs import LogStore
 from .sandbox import Sandbox
 from .settings import Changes
-from .state import Registry, SecretStore
+from .queue import AsyncCalls
+from .scheduler import Scheduler
+from .state import Registry, SecretStore, Version
 from .venvs import VenvBuilder
 
 __all__ = ["FunctionManager", "Answer", "Lifecycle", "NAME_PATTERN", "check_name"]
+
+KEEP_DONE = 10_000  # finished async calls whose records stay readable by id, at least (--log-retention if more)
 
 
 class FunctionManager:
@@ -48,9 +54,15 @@ class FunctionManager:
             config, self._table, Registry(config.data_dir / "functions.json"), SecretStore(config.data_dir / "secrets"),
             self._logs, VenvBuilder(functions_dir / ".venvs", config.pip_timeout,
                                     source_builds=config.source_builds == "allow"),
-            self.sandbox, functions_dir)
+            self.sandbox, functions_dir, on_change=self._changed)
         self._caller = Caller(self._table)
+        self._async = AsyncCalls(config.data_dir / "async", self._caller, self._table,
+                                 max_queue=config.max_async_queue, callback_allow=parse_allow(config.callback_allow),
+                                 keep_done=max(config.log_retention, KEEP_DONE))
+        self._scheduler = Scheduler(self._async)
         self._deployer.load()
+        self._async.recover()
+        self._scheduler.start()
         self._deployer.collect_garbage()
 
     # -- admin -------------------------------------------------------------------------------------------------
@@ -59,7 +71,7 @@ class FunctionManager:
         return self._deployer.names()
 
     def describe(self, name: str) -> dict[str, Any]:
-        return self._deployer.describe(name)
+        return {**self._deployer.describe(name), "next_run": self._scheduler.next_run(name)}
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         return self._deployer.versions(name)
@@ -87,6 +99,26 @@ class FunctionManager:
                body: bytes) -> Answer:
         return self._caller.invoke(name, method, path, query, headers, body)
 
+    def submit(self, name: str, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+               callback: str | None) -> tuple[str, dict[str, str]]:
+        """An async call, on disk when this returns: (its id, the 202's body)."""
+        call_id = self._async.submit(name, (method, path, query, headers), body, callback)
+        return call_id, {"id": call_id, "status": "queued"}
+
+    def call_state(self, call_id: str) -> dict[str, Any] | bytes:
+        return self._async.state(call_id)
+
+    def cancel_call(self, call_id: str) -> dict[str, Any]:
+        return self._async.cancel(call_id)
+
+    def _changed(self, name: str, version: Version | None) -> None:
+        """A version went live (or the function was deleted): its schedule follows; a deleted one's calls go."""
+        if version is None:
+            self._scheduler.set(name, None, "")
+            self._async.drop(name)
+        else:
+            self._scheduler.set(name, version.schedule, version.calling)
+
     # -- upkeep ------------------------------------------------------------------------------------------------
 
     def worker_pids(self) -> list[int]:
@@ -98,7 +130,10 @@ class FunctionManager:
 
     def collect_garbage(self) -> None:
         self._deployer.collect_garbage()
+        self._async.prune()
 
     def close(self, grace: float) -> None:
-        """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
+        """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker. Async
+        calls that have not started stay on disk for the next start."""
+        self._scheduler.stop()
         self._table.close(grace)

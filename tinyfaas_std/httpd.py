@@ -212,12 +212,34 @@ def _invoke(server: Server, req: http11.RequestHead, name: str, body: bytes) -> 
     return Reply(answer.status, answer.body, answer.headers, call_id=answer.call_id, raw=answer.raw)
 
 
+def _submit(server: Server, req: http11.RequestHead, name: str, body: bytes) -> Reply:
+    sub_path = req.path[len("/async-function/") + len(name):]
+    call_id, answer = server.manager.submit(name, req.method, sub_path, req.query, req.headers, body,
+                                            req.headers.get("x-callback-url"))
+    return Reply(202, _json(answer).body, call_id=call_id)
+
+
+def _call_state(server: Server, _: http11.RequestHead, call_id: str, __: bytes) -> Reply:
+    state = server.manager.call_state(call_id)
+    return Reply(200, state) if isinstance(state, bytes) else _json(state)
+
+
+def _cancel_call(server: Server, _: http11.RequestHead, call_id: str, __: bytes) -> Reply:
+    return _json(server.manager.cancel_call(call_id))
+
+
 _FUNCTION = re.compile(r"/function/([^/]+)(?:/.*)?")
+_ASYNC_FUNCTION = re.compile(r"/async-function/([^/]+)(?:/.*)?")
+_OTHER_METHODS = ("GET", "PUT", "PATCH", "DELETE", "OPTIONS")  # http functions answer them too (SPEC 10)
 
 # (method, path pattern, route, body limit attribute on Config or None for "no body expected")
 ROUTES: list[tuple[str, re.Pattern[str], Route, str | None]] = [
     ("POST", _FUNCTION, _invoke, "max_body_bytes"),  # first: the hot path
-    *((method, _FUNCTION, _invoke, "max_body_bytes") for method in ("GET", "PUT", "PATCH", "DELETE", "OPTIONS")),
+    *((method, _FUNCTION, _invoke, "max_body_bytes") for method in _OTHER_METHODS),
+    ("POST", _ASYNC_FUNCTION, _submit, "max_body_bytes"),
+    *((method, _ASYNC_FUNCTION, _submit, "max_body_bytes") for method in _OTHER_METHODS),
+    ("GET", re.compile(r"/admin/calls/([^/]+)"), _call_state, None),
+    ("DELETE", re.compile(r"/admin/calls/([^/]+)"), _cancel_call, None),
     ("POST", re.compile(r"/admin/upload"), _upload, "max_upload_bytes"),
     ("GET", re.compile(r"/admin/functions"), _list, None),
     ("GET", re.compile(r"/admin/functions/([^/]+)"), _describe, None),
@@ -366,7 +388,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
         self._authenticate(req)
-        if not req.path.startswith("/function/") and self._opened_by_function():
+        if not req.path.startswith(("/function/", "/async-function/")) and self._opened_by_function():
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
         route, param, limit_name = _route(req.method, req.path)
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY

@@ -32,11 +32,13 @@ _SEGMENTS_PER_BOUND = 4       # a segment rolls at a quarter of a bound: retenti
 _STATUS_AT = len('{"id":"') + 36 + len('","status":"')  # where the status word starts in a record line
 
 
-def encode_record(*, id: str, status: str, function: str, start: float, end: float, rest: bytes) -> bytes:
+def encode_record(*, id: str, status: str, function: str, trigger: str, start: float, end: float,
+                  rest: bytes) -> bytes:
     """One log line. `rest` is a JSON object fragment without braces, already encoded by the worker (spliced,
-    not re-encoded): `"args"`, `"kwargs"`, `"stdout"`, `"stderr"` and their flags, `"result"` or `"error"`."""
-    head = (f'{{"id":"{id}","status":"{status}","function":"{function}","start":{start:.6f},"end":{end:.6f},'
-            f'"duration":{end - start:.6f},')
+    not re-encoded): `"args"`, `"kwargs"`, `"stdout"`, `"stderr"` and their flags, `"result"` or `"error"`.
+    `trigger`: what made the call (SPEC 11): "http", "async" or "schedule"."""
+    head = (f'{{"id":"{id}","status":"{status}","function":"{function}","trigger":"{trigger}",'
+            f'"start":{start:.6f},"end":{end:.6f},"duration":{end - start:.6f},')
     return head.encode() + rest + b"}\n"
 
 

@@ -14,13 +14,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import cron
 from .errors import BadRequest
 
 __all__ = ["CALLINGS", "Changes", "from_form", "from_patch", "apply", "parse_env_lines", "check_environment",
            "SETTINGS"]
 
 CALLINGS = ("args", "event", "http")
-SETTINGS = ("calling", "env", "timeout", "memory_mb", "max_workers")   # what a version holds
+SETTINGS = ("calling", "env", "timeout", "memory_mb", "max_workers", "schedule")   # what a version holds
 MAX_ENV_ENTRIES = 100         # SPEC 10: settings, not data; environments of more are a mistake
 MAX_ENV_BYTES = 64 * 1024     # SPEC 10, env and secrets together: well below the kernel's argument+environment limit
 MAX_TIMEOUT = 3600.0          # an hour: longer work belongs in async calls (SPEC 11), not a held connection
@@ -35,12 +36,11 @@ _RESERVED_PREFIXES = ("TINYFAAS_", "PYTHON", "LD_")      # ours, and those that 
 class Changes:
     """What an upload or a PATCH asks to change. `env` and `secrets` map names to values (None removes one);
     `replace_env`/`replace_secrets`: the given set replaces the old one instead of being merged into it."""
-    settings: dict[str, Any] = field(default_factory=dict)   # calling, timeout, memory_mb, max_workers
+    settings: dict[str, Any] = field(default_factory=dict)   # calling, timeout, memory_mb, max_workers, schedule
     env: dict[str, str | None] | None = None
     secrets: dict[str, str | None] | None = None
     replace_env: bool = False
     replace_secrets: bool = False
-    schedule: bool = False    # a schedule was asked for (SPEC 11)
 
 
 def parse_env_lines(text: str, field_name: str) -> dict[str, str]:
@@ -70,13 +70,15 @@ def from_form(fields: dict[str, str]) -> Changes:
     settings: dict[str, Any] = {}
     if "calling" in fields:
         settings["calling"] = _calling(fields["calling"].strip())
+    if "schedule" in fields:  # an empty field: no schedule
+        settings["schedule"] = _schedule(fields["schedule"].strip() or None)
     for name in ("timeout", "memory_mb", "max_workers"):
         if name in fields:
             settings[name] = _number(name, fields[name].strip())
     env = parse_env_lines(fields["env"], "env") if "env" in fields else None
     secrets = parse_env_lines(fields["secrets"], "secrets") if "secrets" in fields else None
     return Changes(settings, env, secrets, replace_env=env is not None,  # type: ignore[arg-type]
-                   replace_secrets=secrets is not None, schedule="schedule" in fields)
+                   replace_secrets=secrets is not None)
 
 
 _PATCH_KEYS = {"calling", "env", "secrets", "timeout", "memory_mb", "max_workers", "schedule"}
@@ -96,7 +98,9 @@ def from_patch(doc: Any) -> Changes:
     for name in ("timeout", "memory_mb", "max_workers"):
         if name in doc:
             settings[name] = None if doc[name] is None else _number(name, doc[name])
-    return Changes(settings, _env_object(doc, "env"), _env_object(doc, "secrets"), schedule="schedule" in doc)
+    if "schedule" in doc:
+        settings["schedule"] = _schedule(doc["schedule"])
+    return Changes(settings, _env_object(doc, "env"), _env_object(doc, "secrets"))
 
 
 def apply(old_env: dict[str, str], old_secrets: dict[str, str], changes: Changes) -> tuple[dict[str, str],
@@ -158,6 +162,16 @@ def _check_name(name: str, field_name: str) -> None:
     if name in _RESERVED or name.startswith(_RESERVED_PREFIXES):
         raise BadRequest(f"{field_name}: {name} is reserved (PATH, HOME, TMPDIR, LANG and names starting with "
                          f"TINYFAAS_, PYTHON or LD_ are the server's)", code="bad_env", field=field_name)
+
+
+def _schedule(value: Any) -> str | None:
+    """A cron expression, `@daily`-style name or `@every <n>s|m|h` (cron.py); None removes the schedule."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("schedule must be a string such as '*/5 * * * *' or '@every 30s', or null",
+                         code="bad_schedule", field="schedule")
+    return cron.parse(value).expr
 
 
 def _calling(value: Any) -> str:

@@ -43,6 +43,7 @@ class Version:
     timeout: float | None = None
     memory_mb: int | None = None
     max_workers: int | None = None
+    schedule: str | None = None  # cron.py: when the scheduler calls it (SPEC 11)
 
 
 @dataclass(frozen=True, slots=True)
