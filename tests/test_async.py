@@ -23,8 +23,9 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.got.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},  # type: ignore[attr-defined]
-                                "body": body, "at": time.monotonic()})
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.server.got.append(  # type: ignore[attr-defined]
+            {"path": self.path, "headers": headers, "body": body, "at": time.monotonic()})
         plan = self.server.plan  # type: ignore[attr-defined]
         status = plan.pop(0) if plan else 200
         self.send_response(status)

@@ -504,7 +504,8 @@ def test_answers_without_content_carry_no_body_and_keep_the_connection_in_step(f
 def test_a_worker_that_writes_a_short_http_answer_itself_is_a_recorded_502(fns: Server) -> None:
     src = ("import os, struct, sys, time\ndef main(request):\n    f = sys._getframe()\n"
            "    while 'seq' not in f.f_locals:\n        f = f.f_back\n"
-           "    os.write(3, struct.pack('!II', 13, f.f_locals['seq']) + b'h' + struct.pack('!I', 2) + b'ab' + b',\"x\":1')\n"
+           "    os.write(3, struct.pack('!II', 13, f.f_locals['seq']) + b'h' + struct.pack('!I', 2) + b'ab'"
+           " + b',\"x\":1')\n"
            "    time.sleep(5)\n")
     assert fns.upload("http_forger", src, fields={"calling": "http"}).status == 200
     resp = fns.request("GET", "/function/http_forger")

@@ -140,8 +140,8 @@ def test_results_obey_the_same_nesting_rule(server: Server, levels: int, status:
 
 def _record(i: int, status: str = "ok", pad: int = 0) -> bytes:
     outcome = b'"result":"%s"' % (b"x" * pad) if status == "ok" else b'"error":{}'
-    return encode_record(id=f"00000000-0000-4000-8000-{i:012d}", status=status, function="f", trigger="http", start=1.0, end=2.0,
-                         rest=b'"args":[%d],"kwargs":{},"stdout":"","stderr":"",' % i + outcome)
+    return encode_record(id=f"00000000-0000-4000-8000-{i:012d}", status=status, function="f", trigger="http",
+                         start=1.0, end=2.0, rest=b'"args":[%d],"kwargs":{},"stdout":"","stderr":"",' % i + outcome)
 
 
 def _window(log: FunctionLog) -> tuple[int, int]:

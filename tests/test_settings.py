@@ -206,8 +206,8 @@ def test_patch_timeouts_in_range_are_taken(value: float) -> None:
     assert from_patch({"timeout": value}).settings == {"timeout": value}
 
 
-@pytest.mark.parametrize("value", [0, 0.0, -1, 3600.5, 3601, 1e308, 10 ** 400, -10 ** 400, True, False, "abc", "nan", "inf", "-inf",
-                                   float("nan"), float("inf"), -float("inf"), [], {}, [5]])
+@pytest.mark.parametrize("value", [0, 0.0, -1, 3600.5, 3601, 1e308, 10 ** 400, -10 ** 400, True, False, "abc",
+                                   "nan", "inf", "-inf", float("nan"), float("inf"), -float("inf"), [], {}, [5]])
 def test_patch_timeouts_out_of_range_or_of_the_wrong_type_are_bad_setting(value: Any) -> None:
     _refused("bad_setting", from_patch, {"timeout": value})
 

@@ -127,8 +127,8 @@ def test_log_folders_stay_inside_the_log_root(tmp_path, name: str) -> None:
 
 def _record(i: int, status: str = "ok") -> bytes:
     outcome = b'"result":%d' % i if status == "ok" else b'"error":{}'
-    return encode_record(id=f"00000000-0000-4000-8000-{i:012d}", status=status, function="f", trigger="http", start=1.0, end=2.0,
-                         rest=b'"args":[%d],"kwargs":{},"stdout":"","stderr":"",' % i + outcome)
+    return encode_record(id=f"00000000-0000-4000-8000-{i:012d}", status=status, function="f", trigger="http",
+                         start=1.0, end=2.0, rest=b'"args":[%d],"kwargs":{},"stdout":"","stderr":"",' % i + outcome)
 
 
 def test_log_store_appends_reads_newest_and_counts(tmp_path) -> None:
@@ -144,8 +144,8 @@ def test_log_store_appends_reads_newest_and_counts(tmp_path) -> None:
 
 def test_error_counts_are_not_fooled_by_arguments_that_look_like_a_status(tmp_path) -> None:
     log = LogStore(tmp_path, retention=0).open("f")
-    line = encode_record(id="00000000-0000-4000-8000-000000000000", status="error", function="f", trigger="http", start=1.0,
-                         end=2.0, rest=b'"args":[{"status":"ok"}],"kwargs":{},"error":{}')
+    line = encode_record(id="00000000-0000-4000-8000-000000000000", status="error", function="f", trigger="http",
+                         start=1.0, end=2.0, rest=b'"args":[{"status":"ok"}],"kwargs":{},"error":{}')
     log.append(line, is_error=True)
     log.close()
     assert LogStore(tmp_path, retention=0).open("f").counts() == (1, 1)

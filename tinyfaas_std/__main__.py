@@ -63,19 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
+    def janitor() -> None:
+        while not stopping.wait(JANITOR_INTERVAL):
+            manager.reap_idle_workers()
+            manager.collect_garbage()
+
+    threading.Thread(target=janitor, name="janitor", daemon=True).start()  # before the line that says we serve
     host, port = server.socket.getsockname()[:2]
     print(f"tinyfaas_std serving on http://{host}:{port} ({len(manager.names())} functions)", flush=True)
     if config.password == DEFAULT_PASSWORD and not _is_loopback(config.host):
         log.warning("the default password is in use on a non-loopback address: set --password or "
                     "TINYFAAS_PASSWORD")
     _report_isolation(manager.sandbox.isolation.public())
-
-    def janitor() -> None:
-        while not stopping.wait(JANITOR_INTERVAL):
-            manager.reap_idle_workers()
-            manager.collect_garbage()
-
-    threading.Thread(target=janitor, name="janitor", daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

@@ -160,7 +160,7 @@ def _call(convention, main, context, request: bytes, out: _Capture, err: _Captur
     err.reset(strays)
     sys.stdout, sys.stderr = out, err
     try:
-        kind, value, extra = finish(main(*args, **kwargs))  # NaN, sets, huge ints, bad headers raise here: the call's error
+        kind, value, extra = finish(main(*args, **kwargs))  # NaN, sets, huge ints, bad headers: the call's error
     except Exception as exc:  # the function's failure is data for its caller; SystemExit ends the worker (502)
         kind, value, extra = protocol.ERROR, bodies.encode(_error(exc)).encode(), b""
     finally:

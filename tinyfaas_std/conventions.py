@@ -7,8 +7,8 @@ imports are kept lazy. The server forwards a call's body untouched and adds a sm
 conventions that need it; it imports this module only to describe a call whose worker died before answering.
 
 Each convention is a pair: `prepare(main, meta, body, context)` parses the input before `main` runs (a bad input
-is `BadBody`, a 400) and returns `main`'s positional and keyword arguments and the record's input fragment; `finish(value)` encodes what
-`main` returned as (kind, value bytes, record fragment). The conventions:
+is `BadBody`, a 400) and returns `main`'s positional and keyword arguments and the record's input fragment;
+`finish(value)` encodes what `main` returned as (kind, value bytes, record fragment). The conventions:
 - `args`: the body is an invocation (bodies.py); `main(*args, **kwargs)`; answers a JSON result.
 - `event`: the body is any JSON value (empty: null); `main(event[, context])`; answers a JSON result.
 - `http`: `main(request[, context])`; the function's return value is the HTTP answer, sent to the server as
