@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness import Response, Server
+from harness import AUTH, Response, Server, raw_exchange
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -274,3 +274,73 @@ def test_a_bad_schedule_is_400_naming_the_field(srv: Server) -> None:
     assert srv.upload("s_ok", "def main():\n    return 1\n").status == 200
     patch = srv.request("PATCH", "/admin/functions/s_ok", b'{"schedule": "@every 0s"}')
     assert patch.status == 400 and patch.json["error"]["code"] == "bad_schedule"
+
+
+def test_calls_waiting_when_the_function_changes_all_end_with_a_record(srv: Server) -> None:
+    """A PATCH that makes a waiting http call impossible (its method or sub-path) records it as an error; a
+    delete records the calls it drops. No call answered 202 is left without a record."""
+    assert srv.upload("a_change", "import time\ndef main(req):\n    time.sleep(0.5)\n    return req['path']\n",
+                      fields={"calling": "http", "max_workers": "1"}).status == 200
+    ids = [_submit(srv, "a_change", path=f"/p{i}", method="GET").json["id"] for i in range(3)]
+    time.sleep(0.1)
+    assert srv.request("PATCH", "/admin/functions/a_change", b'{"calling": "args"}').status == 200
+    records = [_wait_done(srv, call_id) for call_id in ids]
+    assert records[0]["response"]["body"] == "/p0"  # it had started: the old version answered
+    if records[1]["status"] == "ok":  # it was already waiting for a worker of the old version: that one answered
+        assert records[1]["response"]["body"] == "/p1"
+    assert records[2]["status"] == "error"  # still queued at the PATCH: an args function has no sub-paths
+    assert all(r["error"]["type"] in ("NotFound", "MethodNotAllowed") for r in records if r["status"] == "error")
+    assert srv.upload("a_gone", "import time\ndef main():\n    time.sleep(1)\n",
+                      fields={"max_workers": "1"}).status == 200
+    gone = [_submit(srv, "a_gone").json["id"] for _ in range(3)]
+    time.sleep(0.2)
+    assert srv.request("DELETE", "/admin/functions/a_gone").status == 200
+    waiting, dropped = (_wait_done(srv, call_id) for call_id in gone[1:])
+    assert waiting["status"] == "ok" or waiting["error"]["type"] == "Deleted"  # it may have had its worker
+    assert dropped["status"] == "error" and dropped["error"]["type"] == "Deleted"
+
+
+def test_async_calls_wait_for_a_worker_whatever_the_sync_queue_bound(tmp_path: Path, wheels: Path) -> None:
+    server = Server(tmp_path, wheels, ["--max-queue", "0"]).start()
+    try:
+        assert server.upload("a_wait", "import time\ndef main(i):\n    time.sleep(0.3)\n    return i\n",
+                             fields={"max_workers": "1"}).status == 200
+        ids = [_submit(server, "a_wait", [i]).json["id"] for i in range(3)]
+        assert [_wait_done(server, call_id)["result"] for call_id in ids] == [0, 1, 2]
+        queued = list((tmp_path / "data" / "async" / "done").iterdir())
+        assert len(queued) == 3
+    finally:
+        server.stop()
+
+
+def test_what_a_queued_call_keeps_on_disk_holds_no_credentials(srv: Server) -> None:
+    assert srv.upload("a_private", "import time\ndef main(req):\n    time.sleep(1)\n    return req['headers']\n",
+                      fields={"calling": "http", "max_workers": "1"}).status == 200
+    ids = [_submit(srv, "a_private", method="GET", headers={"Cookie": "s=1", "X-Keep": "yes"}).json["id"]
+           for _ in range(2)]
+    queue_dir = srv.root / "data" / "async" / "queue"
+    held = b"".join(p.read_bytes() for p in queue_dir.iterdir())
+    assert b"x-keep" in held and b"Basic " not in held and b"s=1" not in held
+    headers = json.loads(_wait_done(srv, ids[1])["response"]["body"])
+    assert "authorization" not in headers and "cookie" not in headers and headers["x-keep"] == "yes"
+
+
+def test_a_callback_url_that_is_not_ascii_is_400(srv: Server, receiver: http.server.HTTPServer) -> None:
+    assert srv.upload("a_cb4", "def main():\n    return 1\n").status == 200
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/h\u00e9"
+    request = (f"POST /async-function/a_cb4 HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n"
+               f"Content-Length: 0\r\nX-Callback-Url: {url}\r\n\r\n").encode("latin-1")
+    answer = raw_exchange(srv.port, request, timeout=2)
+    assert answer.startswith(b"HTTP/1.1 400") and b"bad_callback" in answer
+
+
+def test_a_patch_that_keeps_the_schedule_does_not_postpone_it(srv: Server) -> None:
+    assert srv.upload("s_keep", "def main():\n    return 1\n", fields={"schedule": "@every 2s"}).status == 200
+    began = time.monotonic()
+    marks = 0
+    while time.monotonic() - began < 5:  # a PATCH each second: without care every one would restart the clock
+        marks += 1
+        assert srv.request("PATCH", "/admin/functions/s_keep", b'{"env": {"M": "%d"}}' % marks).status == 200
+        time.sleep(1)
+    assert 2 <= len(_runs(srv, "s_keep")) <= 3
+    assert srv.request("DELETE", "/admin/functions/s_keep").status == 200

@@ -50,7 +50,7 @@ def parse_allow(text: str) -> frozenset[str]:
 
 def check(url: str, allowed: frozenset[str]) -> str:
     """The URL, if calls may be called back there; else 400 `callback_not_allowed` (or `bad_callback`)."""
-    if len(url) > MAX_URL or any(c in url for c in "\r\n\t "):
+    if len(url) > MAX_URL or not url.isascii() or not url.isprintable() or " " in url:
         raise BadRequest("X-Callback-Url is not a URL", code="bad_callback")
     try:
         origin = _origin(url)[0]
@@ -87,7 +87,7 @@ def _post(tls: bool, host: str, port: int, path: str, body: bytes, headers: dict
         response = conn.getresponse()
         response.read(64 * 1024)  # what the receiver says is not kept
         return response.status
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, ValueError):  # ValueError: what http.client cannot encode
         return None
     finally:
         conn.close()

@@ -95,13 +95,15 @@ class Caller:
               wait: float | None = None) -> Started:
         """The first half of a call: a worker of the function's live version, lent in the order calls ask
         (waiting up to `wait` seconds, -1: as long as it takes; default: the function's timeout). A call refused
-        here (429, or 502 when no worker could start) is recorded, then raised with its line as `exc.record`."""
+        here (429, or 502 when no worker could start; for an async or scheduled call, anything but its function
+        being gone or the server stopping) is recorded, then raised with its line as `exc.record`."""
         live = self._table.get(name)
         start = time.time()
         try:
             worker, live = self._acquire(live, request, live.timeout if wait is None else wait)
         except FaasError as exc:
-            if exc.status in (429, 502):  # the call was made and failed: it belongs in the log
+            queued = trigger != "http" and exc.code not in ("function_not_found", "shutting_down")
+            if exc.status in (429, 502) or queued:  # the call was made and failed: it belongs in the log
                 exc.record = self._record_refusal(live, call_id, start, _meta(live, call_id, request), body, exc,
                                                   trigger)
             raise
@@ -176,11 +178,15 @@ class Caller:
     def _record_refusal(self, live: Live, call_id: str, start: float, meta: dict | None, body: bytes,
                         exc: FaasError, trigger: str) -> bytes:
         """A call that got no worker (429) or whose worker could not start (502). Its body was not parsed by a
-        worker, so it is parsed here: a bad one is the 400 it would have been."""
+        worker, so it is parsed here: a bad one is the 400 it would have been (an async call's was checked when
+        it was accepted; if the function's convention changed since, its input is recorded as null)."""
         try:
             described = conventions.input_fragment(live.version.calling, meta, body)
         except BadBody as bad:
-            raise BadRequest(str(bad), code=bad.code) from None
+            if trigger != "http":
+                described = conventions.EMPTY_INPUT[live.version.calling]
+            else:
+                raise BadRequest(str(bad), code=bad.code) from None
         error = b'{"type":"%s","message":%s}' % (type(exc).__name__.encode(), _quote(exc.message))
         return self._record(live, call_id, start, "crashed" if exc.status == 502 else "error",
                             described + b"," + protocol.NO_OUTPUT + b',"error":' + error, trigger)

@@ -32,7 +32,8 @@ from typing import Any
 from . import callbacks, conventions
 from .bodies import BadBody
 from .calls import Answer, Caller, Request, Started, check_request
-from .errors import BadRequest, Conflict, FaasError, NotFound, TooManyRequests
+from .errors import BadRequest, Conflict, FaasError, NotFound, ServiceUnavailable, TooManyRequests
+from .logs import encode_record
 from .live import LiveTable
 
 __all__ = ["AsyncCalls"]
@@ -41,6 +42,7 @@ log = logging.getLogger("tinyfaas_std")
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _SEQ_DIGITS = 16
+_PRIVATE_HEADERS = ("authorization", "cookie", "x-callback-url")  # not kept on disk with a queued call
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,10 @@ class AsyncCalls:
                 conventions.input_fragment(live.version.calling, None, body)
             except BadBody as exc:
                 raise BadRequest(str(exc), code=exc.code) from None
+        if live.version.calling == "http":  # what the function needs, never the caller's credentials
+            request = (*request[:3], {k: v for k, v in request[3].items() if k not in _PRIVATE_HEADERS})
+        else:
+            request = (*request[:3], {})
         call_id = self._caller.new_id()
         with self._lock:
             lane = self._lanes.setdefault(name, _Lane())
@@ -97,7 +103,11 @@ class AsyncCalls:
             self._seq += 1
             call = _Call(call_id, name, request, callback, trigger, time.time(),
                          self._queue_dir / f"{self._seq:0{_SEQ_DIGITS}d}-{call_id}")
-            _write(call, body)
+            try:
+                _write(call, body)
+            except OSError as exc:  # e.g. a full disk: the call is not accepted
+                raise ServiceUnavailable(f"the call could not be written to disk: {exc.strerror or exc}",
+                                         code="async_queue_write_failed") from None
             self._queue(lane, call)
         return call_id
 
@@ -135,25 +145,32 @@ class AsyncCalls:
             return any(call.function == name and call.trigger == trigger for call, _ in self._state.values())
 
     def drop(self, name: str) -> None:
-        """The function was deleted: its waiting calls go (its running ones finish, their records with its log)."""
+        """The function was deleted: its waiting calls end, each with a record saying so (its running ones
+        finish)."""
         with self._lock:
             lane = self._lanes.get(name)
-            for call in list(lane.calls) if lane else []:
-                del self._state[call.id]
-                call.path.unlink(missing_ok=True)
+            dropped = list(lane.calls) if lane else []
             if lane:
                 lane.calls.clear()
+        for call in dropped:
+            now = time.time()
+            error = b'"error":{"type":"Deleted","message":"the function was deleted before the call ran"}'
+            self._finish(call, encode_record(id=call.id, status="error", function=call.function,
+                                             trigger=call.trigger, start=now, end=now, rest=error))
 
     def recover(self) -> int:
         """Queue again every call on disk, in arrival order; a function that is gone loses its calls."""
-        names = sorted(p.name for p in self._queue_dir.iterdir() if not p.name.startswith("."))
+        for leftover in self._queue_dir.glob(".*"):  # a write cut short: that call was never accepted
+            leftover.unlink(missing_ok=True)
+        names = sorted(p.name for p in self._queue_dir.iterdir())
         count = 0
         with self._lock:
             for filename in names:
                 path = self._queue_dir / filename
                 call = _read(path)
                 self._seq = max(self._seq, int(filename.split("-", 1)[0]) if filename[:1].isdigit() else 0)
-                if call is None or self._table.find(call.function) is None:
+                done = call is not None and (self._done_dir / f"{call.id}.json").exists()  # ran; killed before unlink
+                if call is None or done or self._table.find(call.function) is None:
                     path.unlink(missing_ok=True)
                     continue
                 self._queue(self._lanes.setdefault(call.function, _Lane()), call)
@@ -176,22 +193,32 @@ class AsyncCalls:
         lane.calls.append(call)
         self._state[call.id] = (call, "queued")
         if lane.pump is None:
-            lane.pump = threading.Thread(target=self._pump, args=(lane,), name=f"async-{call.function}",
-                                         daemon=True)
-            lane.pump.start()
+            self._start_pump(lane, call.function)
+
+    def _start_pump(self, lane: _Lane, name: str) -> None:
+        """Under the lock."""
+        lane.pump = threading.Thread(target=self._pump, args=(lane,), name=f"async-{name}", daemon=True)
+        lane.pump.start()
 
     def _pump(self, lane: _Lane) -> None:
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    if not lane.calls or self._table.closing:
+                        return
+                    call = lane.calls.popleft()
+                    self._state[call.id] = (call, "running")
+                started = self._begin(call)
+                if started is not None:
+                    threading.Thread(target=self._run, args=(call, started), name=f"call-{call.id[:8]}",
+                                     daemon=True).start()
+        except Exception:  # a bug: the lane must not be left with a pump that is gone
+            log.exception("the async pump of a lane failed")
+        finally:
             with self._lock:
-                if not lane.calls or self._table.closing:
-                    lane.pump = None
-                    return
-                call = lane.calls.popleft()
-                self._state[call.id] = (call, "running")
-            started = self._begin(call)
-            if started is not None:
-                threading.Thread(target=self._run, args=(call, started), name=f"call-{call.id[:8]}",
-                                 daemon=True).start()
+                lane.pump = None
+                if lane.calls and not self._table.closing:  # calls came while it ended
+                    self._start_pump(lane, lane.calls[0].function)
 
     def _begin(self, call: _Call) -> Started | None:
         """A worker for `call`, waiting as long as it takes; None when the call ended here."""
@@ -235,12 +262,16 @@ class AsyncCalls:
     def _finish(self, call: _Call, record: bytes | None) -> None:
         """The call has ended: its record (if it has one) becomes readable by id, and its file goes. Without a
         record (the server stopped first, or the log could not be written) the file stays, to run again."""
-        if record is not None:
-            tmp = self._done_dir / f".{call.id}.tmp"
-            tmp.write_bytes(record)
-            os.replace(tmp, self._done_dir / f"{call.id}.json")
-            call.path.unlink(missing_ok=True)
-        self._forget(call)
+        try:
+            if record is not None:
+                tmp = self._done_dir / f".{call.id}.tmp"
+                tmp.write_bytes(record)
+                os.replace(tmp, self._done_dir / f"{call.id}.json")
+                call.path.unlink(missing_ok=True)
+        except OSError as exc:  # e.g. a full disk: the queue file stays, and the call runs again after a restart
+            log.error("async call %s of %s: its record could not be kept: %s", call.id, call.function, exc)
+        finally:
+            self._forget(call)
 
     def _forget(self, call: _Call) -> None:
         with self._lock:

@@ -39,8 +39,11 @@ class Scheduler:
     def set(self, name: str, expr: str | None, calling: str) -> None:
         """The function's schedule from now on (None: it has none)."""
         with self._cond:
+            plan = self._plans.get(name)
             if expr is None:
                 self._plans.pop(name, None)
+            elif plan is not None and plan[0].expr == expr:  # a new version, the same schedule: keep its time
+                self._plans[name] = (plan[0], calling, plan[2])
             else:
                 schedule = cron.parse(expr)
                 self._plans[name] = (schedule, calling, _next(schedule, time.time()))
@@ -74,7 +77,10 @@ class Scheduler:
                     self._plans[name] = (schedule, calling, _next(schedule, max(at, now - 1e-6), now))
                     runs.append((name, schedule.expr, calling, at))
             for name, expr, calling, at in runs:  # outside the lock: submitting writes a file
-                self._run(name, expr, calling, at)
+                try:
+                    self._run(name, expr, calling, at)
+                except Exception:  # a bug, or a disk error: that run is lost, the schedules go on
+                    log.exception("schedule of %s: the run at %s failed", name, _iso(at))
 
     def _run(self, name: str, expr: str, calling: str, at: float) -> None:
         if self._queue.busy(name, "schedule"):

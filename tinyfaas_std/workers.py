@@ -277,7 +277,7 @@ class Pool:
             if self._count < self._max_workers:
                 self._count += 1
                 waiter = None
-            elif len(self._waiters) >= self._max_queue:
+            elif len(self._waiters) >= self._max_queue and wait >= 0:  # async calls (wait -1) are bounded upstream
                 raise TooManyRequests("every worker of this function is busy and its queue is full",
                                       code="queue_full", headers={"Retry-After": "1"})
             else:
