@@ -25,4 +25,4 @@ clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
 fuzz: $(STAMP)
-	TINYFAAS_FUZZ_SCALE=$${TINYFAAS_FUZZ_SCALE:-100} $(PY) -m pytest -q -k "fuzz or random or roundtrip" tests/test_units.py tests/test_multipart.py tests/test_http11.py tests/test_archive.py
+	TINYFAAS_FUZZ_SCALE=$${TINYFAAS_FUZZ_SCALE:-100} $(PY) -m pytest -q -k "fuzz or random or roundtrip" tests/test_units.py tests/test_multipart.py tests/test_http11.py tests/test_archive.py tests/test_cron.py
