@@ -50,6 +50,7 @@ class Config:
     keep_versions: int = 5      # versions of each function kept for rollback (SPEC 10)
     max_async_queue: int = 10000  # async calls that may wait per function (SPEC 11)
     callback_allow: str = ""    # origins async calls may be called back at, comma-separated (SPEC 11)
+    access_log: bool = False    # one line per request on stderr (SPEC 12)
 
     @property
     def uids(self) -> range:
@@ -109,6 +110,10 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         default = environ.get(env_name, getattr(defaults, name))
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
                             help=f"{help_text} (env {env_name}; default %(default)s)")
+    access_default = environ.get("TINYFAAS_ACCESS_LOG", "").strip().lower() in ("1", "true", "yes", "on")
+    parser.add_argument("--access-log", dest="access_log", action="store_true", default=access_default,
+                        help="log one line per request on stderr: client, method, path, status, bytes, "
+                             "milliseconds, call id (env TINYFAAS_ACCESS_LOG=1)")
     ns = parser.parse_args(argv)
     values = {}
     for name, (kind, _) in _FLAGS.items():
@@ -117,7 +122,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
             values[name] = kind(raw)  # environment values arrive as strings
         except ValueError:
             parser.error(f"TINYFAAS_{name.upper()}: invalid {kind.__name__} value {raw!r}")
-    config = Config(**values)
+    config = Config(**values, access_log=ns.access_log)
     for name in ("timeout", "client_timeout", "max_upload_mb", "max_body_mb", "idle_timeout", "pip_timeout"):
         value = getattr(config, name)
         if not (0 < value < 1e9):  # also refuses nan and inf

@@ -119,6 +119,10 @@ class FunctionManager:
         else:
             self._scheduler.set(name, version.schedule, version.calling)
 
+    @property
+    def stopping(self) -> bool:
+        return self._table.closing
+
     # -- upkeep ------------------------------------------------------------------------------------------------
 
     def worker_pids(self) -> list[int]:

@@ -202,6 +202,17 @@ def _limit(query: str) -> int | None:
     return int(values[0])
 
 
+def _healthz(server: Server) -> Reply:
+    """For load balancers and supervisors: no credentials, no details; 503 once the server is stopping."""
+    if server.manager.stopping:
+        return _json({"status": "stopping"}, 503)
+    return _json({"status": "ok"})
+
+
+# (method, exact path) -> route, for the routes that need no credentials
+PUBLIC: dict[tuple[str, str], Callable[[Server], Reply]] = {("GET", "/healthz"): _healthz}
+
+
 def _status(server: Server, *_: Any) -> Reply:
     return _json({**server.sampler.snapshot(), "functions": len(server.manager.names())})
 
@@ -359,10 +370,14 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.server.active.append(None)  # requests being answered: shutdown lets them finish writing
+        began = time.monotonic()
         try:
-            self._send(self._respond(head))
+            reply = self._respond(head)
+            self._send(reply)
         finally:
             self.server.active.pop()
+        if self.server.config.access_log:
+            self._log_access(head, reply, began)
 
     def _respond(self, head: bytes) -> Reply:
         """The one error boundary: whatever happens, the client gets one JSON answer."""
@@ -387,6 +402,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
+        public = PUBLIC.get((req.method if req.method != "HEAD" else "GET", req.path))
+        if public is not None and not self._body_pending:  # the one route without credentials (SPEC 12)
+            return public(self.server)
         self._authenticate(req)
         if not req.path.startswith(("/function/", "/async-function/")) and self._opened_by_function():
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
@@ -572,6 +590,15 @@ class Handler(BaseHTTPRequestHandler):
         elif self._http10:
             fields.append("Connection: keep-alive")  # an HTTP/1.0 client closes unless told (RFC 9112 9.3)
         return fields
+
+    def _log_access(self, head: bytes, reply: Reply, began: float) -> None:
+        """--access-log: client, method, path, status, body bytes ("-" when streamed), milliseconds, call id."""
+        method, _, rest = head.lstrip(b"\r\n").partition(b" ")
+        target = rest.partition(b" ")[0].partition(b"?")[0]
+        size = "-" if reply.stream is not None else str(len(reply.body))
+        log.info("access %s %s %s %d %s %.1fms %s", self.client_address[0], escape(method[:16].decode("latin-1")),
+                 escape(target[:500].decode("latin-1")), reply.status, size, (time.monotonic() - began) * 1e3,
+                 reply.call_id or "-")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.info("%s %s", self.client_address[0], escape(format % args))
