@@ -90,8 +90,11 @@ class Server:
         env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(self.wheels),
                "PIP_CONFIG_FILE": os.devnull, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("PIP_EXTRA_INDEX_URL", None)
+        # Tests send wrong credentials on purpose, from one address: only the throttling tests turn it on.
+        throttle = [] if "--max-failed-logins" in self.args else ["--max-failed-logins", "0"]
         cmd = [*self.prefix, self.python, "-m", "tinyfaas_std", "--host", "127.0.0.1", "--port", "0",
-               "--functions-dir", str(self.root / "functions"), "--data-dir", str(self.root / "data"), *self.args]
+               "--functions-dir", str(self.root / "functions"), "--data-dir", str(self.root / "data"), *throttle,
+               *self.args]
         self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=open(self.log_path, "ab"), text=True)
         line = self.proc.stdout.readline()

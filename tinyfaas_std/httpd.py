@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import re
 import socket
 import threading
@@ -34,11 +35,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import bodies, http11, multipart, settings
+from . import bodies, http11, multipart, settings, throttle
 from .auth import Authenticator
 from .config import Config
 from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, InternalError, LengthRequired,
-                     MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
+                     MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable, TooManyRequests,
                      UnsupportedMediaType, UriTooLong)
 from .faas import FunctionManager
 from .peers import UNKNOWN, peer_uid
@@ -292,6 +293,7 @@ class Server(ThreadingHTTPServer):
         self.manager = manager
         self.sampler = sampler
         self.auth = Authenticator(config.username, config.password)
+        self.throttle = throttle.LoginThrottle(config.max_failed_logins)
         # uids whose connections are served only /function/ routes: the functions' own, when they have them
         self.function_uids = config.uids if manager.sandbox.isolation.per_function_user else None
         self.active: collections.deque[None] = collections.deque()  # one entry per request being answered
@@ -430,11 +432,20 @@ class Handler(BaseHTTPRequestHandler):
         return self._from_function
 
     def _authenticate(self, req: http11.RequestHead) -> None:
+        address = self.client_address[0]
+        wait = self.server.throttle.blocked(address)
+        if wait:
+            raise TooManyRequests("too many failed logins from this address; try again later",
+                                  code="too_many_failed_logins", headers={"Retry-After": str(math.ceil(wait))})
+        header = req.headers.get("authorization")
         try:
-            self.server.auth.check(req.headers.get("authorization"))
+            self.server.auth.check(header)
         except FaasError:
-            log.warning("failed authentication from %s for %s %s", self.client_address[0], req.method,
-                        escape(req.target[:200]))
+            log.warning("failed authentication from %s for %s %s", address, req.method, escape(req.target[:200]))
+            block = self.server.throttle.failed(address) if header is not None else 0  # no header: no login tried
+            if block:
+                log.warning("%s is blocked for %g s after %d failed logins within %g s", address, block,
+                            self.server.config.max_failed_logins, throttle.WINDOW)
             raise
 
     # -- socket I/O: the only place that touches the connection ----------------------------------------------
