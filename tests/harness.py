@@ -100,7 +100,7 @@ class Server:
         line = self.proc.stdout.readline()
         if "serving on" not in line:
             raise RuntimeError(f"server did not start: {line!r}\n{self.log()}")
-        self.port = int(line.split("http://", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
+        self.port = int(line.split("://", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
         return self
 
     def log(self) -> str:

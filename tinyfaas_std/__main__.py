@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from types import FrameType
@@ -49,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     sampler = Sampler(manager.worker_pids, isolation=manager.sandbox.isolation.public())
-    server = make_server(config, manager, sampler)
+    try:
+        server = make_server(config, manager, sampler)
+    except ssl.SSLError as exc:  # a certificate or key that does not load
+        log.error("--tls-cert/--tls-key: %s", exc)
+        manager.close(0)
+        return 2
     stopping = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -70,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=janitor, name="janitor", daemon=True).start()  # before the line that says we serve
     host, port = server.socket.getsockname()[:2]
-    print(f"tinyfaas_std serving on http://{host}:{port} ({len(manager.names())} functions)", flush=True)
+    scheme = "https" if config.tls_cert else "http"
+    print(f"tinyfaas_std serving on {scheme}://{host}:{port} ({len(manager.names())} functions)", flush=True)
+    if not config.tls_cert and not _is_loopback(config.host):
+        log.warning("Basic Auth over plain HTTP on a non-loopback address: passwords cross the network in the "
+                    "clear; serve HTTPS with --tls-cert/--tls-key or behind a TLS proxy")
     if config.password == DEFAULT_PASSWORD and not _is_loopback(config.host):
         log.warning("the default password is in use on a non-loopback address: set --password or "
                     "TINYFAAS_PASSWORD")

@@ -52,6 +52,8 @@ class Config:
     callback_allow: str = ""    # origins async calls may be called back at, comma-separated (SPEC 11)
     access_log: bool = False    # one line per request on stderr (SPEC 12)
     max_failed_logins: int = 10  # failed logins from one address within 60 s before it is blocked (0: never)
+    tls_cert: str = ""          # PEM certificate chain: serve HTTPS (with tls_key)
+    tls_key: str = ""           # PEM private key of tls_cert
 
     @property
     def uids(self) -> range:
@@ -97,6 +99,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
                            "runs their build code as the server's user"),
     "keep_versions": (int, "versions of each function kept, with their code and venv, for rollback"),
     "max_async_queue": (int, "async calls that may wait per function before 429"),
+    "tls_cert": (str, "PEM certificate (chain) file: serve HTTPS, TLS 1.2 or newer (with --tls-key)"),
+    "tls_key": (str, "PEM private key file of --tls-cert"),
     "max_failed_logins": (int, "failed logins from one address within 60 s before it gets 429 for a while "
                                "(0: never blocked)"),
     "callback_allow": (str, "origins (scheme://host:port, comma-separated) that X-Callback-Url may name; none "
@@ -136,6 +140,11 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         parser.error("--max-workers must be >= 1, --log-retention and --max-queue >= 0")
     if min(config.max_processes, config.max_file_mb, config.max_connections, config.keep_versions) < 1:
         parser.error("--max-processes, --max-file-mb, --max-connections and --keep-versions must be >= 1")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    for name in ("tls_cert", "tls_key"):
+        if getattr(config, name) and not os.path.isfile(getattr(config, name)):
+            parser.error(f"--{name.replace('_', '-')}: no such file {getattr(config, name)!r}")
     if config.max_async_queue < 1 or config.max_failed_logins < 0:
         parser.error("--max-async-queue must be >= 1, --max-failed-logins >= 0")
     try:

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -351,6 +352,11 @@ class Handler(BaseHTTPRequestHandler):
         self._from_function: bool | None = None  # whether a function opened it: asked on the first admin route
 
     def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()  # within --client-timeout (the socket's kernel timeouts)
+            except (OSError, ValueError):  # not TLS, an old protocol, a stall: nothing to answer
+                return
         self.close_connection = False
         while not self.close_connection:
             try:
@@ -636,6 +642,8 @@ def _refuse(request: socket.socket) -> None:
     reply = _error(ServiceUnavailable("the server is serving as many connections as --max-connections allows; "
                                       "try again later", code="too_many_connections"))
     head = _head(reply.status, [f"Content-Length: {len(reply.body) + 1}", "Connection: close"])
+    if isinstance(request, ssl.SSLSocket):
+        return  # no handshake yet, and none is done on the accepting thread: the close says it
     try:
         request.setblocking(False)
         request.send(head + reply.body + b"\n")  # a few hundred bytes: a new connection's buffer takes them
@@ -661,4 +669,16 @@ def _reason(status: int) -> str:
 def make_server(config: Config, manager: FunctionManager, sampler: Sampler) -> Server:
     server = Server((config.host, config.port), config, manager, sampler)
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if config.tls_cert:
+        server.socket = tls_context(config).wrap_socket(server.socket, server_side=True,
+                                                        do_handshake_on_connect=False)
     return server
+
+
+def tls_context(config: Config) -> ssl.SSLContext:
+    """HTTPS with the standard library: TLS 1.2 or newer, the certificate chain and key of --tls-cert/--tls-key.
+    The handshake happens on the connection's own thread (Handler.handle), never on the accepting one."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
