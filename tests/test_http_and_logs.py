@@ -314,3 +314,26 @@ def test_a_record_that_cannot_be_written_whole_leaves_no_torn_line(tmp_path: Pat
     log.append(_record(2), False)
     assert [json.loads(line)["args"] for line in log.read()] == [[0], [2]]
     assert all(line.endswith(b"\n") for line in (tmp_path / "f").glob("*.jsonl").__next__().read_bytes().splitlines(True))
+
+
+# -- ?after=<id>: what a follower asks -------------------------------------------------------------------------------
+
+def test_logs_after_a_call_are_the_records_that_came_after_it(server: Server) -> None:
+    assert server.upload("follow", "def main(i):\n    return i\n").status == 200
+    ids = [server.call("follow", [i]).json["id"] for i in range(5)]
+    after = server.request("GET", f"/admin/logs/follow?after={ids[1]}").json
+    assert [r["id"] for r in after] == ids[2:]
+    assert server.request("GET", f"/admin/logs/follow?after={ids[-1]}").json == []
+    assert [r["id"] for r in server.request("GET", f"/admin/logs/follow?after={ids[0]}&limit=2").json] == ids[3:]
+    unknown = server.request("GET", "/admin/logs/follow?after=00000000-0000-4000-8000-000000000000")
+    assert unknown.status == 400 and unknown.json["error"]["code"] == "unknown_after"
+    assert server.request("GET", "/admin/logs/follow?after=nope").status == 400
+
+
+def test_after_finds_a_call_deep_in_a_long_log(tmp_path: Path) -> None:
+    log = LogStore(tmp_path, retention=0).open("f")
+    for i in range(3000):
+        log.append(_record(i), is_error=False)
+    found = log.read_after("00000000-0000-4000-8000-000000000100")
+    assert found is not None and len(found) == 2899 and json.loads(found[0])["args"] == [101]
+    assert log.read_after("00000000-0000-4000-8000-999999999999") is None

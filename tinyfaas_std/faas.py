@@ -21,6 +21,7 @@ from typing import Any
 from .callbacks import parse_allow
 from .calls import Answer, Caller
 from .config import Config
+from .errors import BadRequest
 from .deploy import Deployer, Lifecycle, NAME_PATTERN, check_name
 from .live import LiveTable
 from .logs import LogStore
@@ -76,8 +77,14 @@ class FunctionManager:
     def versions(self, name: str) -> list[dict[str, Any]]:
         return self._deployer.versions(name)
 
-    def read_logs(self, name: str, limit: int | None) -> Iterator[bytes]:
-        return self._table.get(name).log.read(limit)
+    def read_logs(self, name: str, limit: int | None, after: str | None = None) -> Iterator[bytes]:
+        log = self._table.get(name).log
+        if after is None:
+            return log.read(limit)
+        lines = log.read_after(after)
+        if lines is None:
+            raise BadRequest(f"no call {after} in the kept log of {name}", code="unknown_after")
+        return iter(lines[-limit:] if limit else lines)
 
     def upload(self, name: str, data: bytes, requirements: str | None, changes: Changes | None = None) -> dict:
         return self._deployer.upload(name, data, requirements, changes or Changes())

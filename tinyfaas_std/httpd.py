@@ -166,7 +166,8 @@ def _json_body(body: bytes) -> Any:
 
 
 def _logs(server: Server, req: http11.RequestHead, name: str, _: bytes) -> Reply:
-    lines = server.manager.read_logs(name, _limit(req.query))  # a lazy iterator: a log can be large
+    limit, after = _log_query(req.query)
+    lines = server.manager.read_logs(name, limit, after)  # a lazy iterator: a log can be large
     return Reply(200, b"", stream=_json_array(lines))
 
 
@@ -190,18 +191,23 @@ def _array_pieces(first: bytes | None, rest: Iterator[bytes]) -> Generator[bytes
     yield b"]"
 
 
-def _limit(query: str) -> int | None:
+_CALL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _log_query(query: str) -> tuple[int | None, str | None]:
+    """`?limit=N` (the newest N) and `?after=<call id>` (the records after that call), both optional."""
     try:
         params = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=bool(query),
                                        max_num_fields=8)
     except ValueError:
         raise BadRequest("the query string is malformed", code="bad_query") from None
-    values = params.get("limit")
-    if values is None:
-        return None
-    if len(values) != 1 or not (values[0].isascii() and values[0].isdigit()) or int(values[0]) < 1:
+    limit, after = params.get("limit"), params.get("after")
+    if limit is not None and (len(limit) != 1 or not (limit[0].isascii() and limit[0].isdigit())
+                              or int(limit[0]) < 1):
         raise BadRequest("limit must be one positive integer", code="bad_query")
-    return int(values[0])
+    if after is not None and (len(after) != 1 or not _CALL_ID.fullmatch(after[0])):
+        raise BadRequest("after must be one call id", code="bad_query")
+    return (int(limit[0]) if limit else None), (after[0] if after else None)
 
 
 def _healthz(server: Server) -> Reply:

@@ -182,6 +182,21 @@ class FunctionLog:
                 wanted -= segment.records
         return _records(slices[::-1])
 
+    def read_after(self, call_id: str) -> list[bytes] | None:
+        """The records after the call `call_id`, oldest first; None when that call is not in the kept window.
+        Searched from the newest backwards, in windows growing fourfold: a follower asking for what came after
+        the last record it saw finds it at once."""
+        needle = b'{"id":"%s"' % call_id.encode("ascii")
+        wanted = 64
+        while True:
+            lines = list(self.read(wanted))
+            for i in range(len(lines) - 1, -1, -1):
+                if lines[i].startswith(needle):
+                    return lines[i + 1:]
+            if len(lines) < wanted:
+                return None
+            wanted *= 4
+
     def counts(self) -> tuple[int, int]:
         """(records, errors) of the kept window: the records `read()` returns (less any torn line)."""
         with self.lock:
