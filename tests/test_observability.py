@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -62,3 +64,40 @@ def test_the_access_log_has_a_line_per_request_only_when_asked(tmp_path: Path, w
                for line in lines), lines
     assert any(re.search(r"access 127\.0\.0\.1 GET /nope 404 \d+ [0-9.]+ms -$", line) for line in lines), lines
     assert not any("secret" in line for line in lines)  # the query string is not logged
+
+
+def _metrics(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = server.request("GET", "/metrics")
+    assert resp.status == 200 and resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    if shutil.which("promtool"):
+        done = subprocess.run(["promtool", "check", "metrics"], input=resp.raw, capture_output=True)
+        assert done.returncode == 0, done.stderr + done.stdout
+    samples = {}
+    for family in text_string_to_metric_families(resp.raw.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_parse_and_move_by_exactly_the_calls_made(server: Server) -> None:
+    assert server.upload("metered", "def main(x):\n    return 1 / x\n").status == 200
+    server.call("metered", [1])
+    before = _metrics(server)
+    assert [server.call("metered", [x]).status for x in (1, 2, 3, 0)] == [200, 200, 200, 500]
+    after = _metrics(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("tinyfaas_function_invocations_total", function="metered", status="ok") == 3
+    assert delta("tinyfaas_function_invocations_total", function="metered", status="error") == 1
+    assert delta("tinyfaas_function_duration_seconds_count", function="metered") == 4
+    assert delta("tinyfaas_function_duration_seconds_bucket", function="metered", le="+Inf") == 4
+    assert delta("tinyfaas_http_requests_total", code="200") == 4  # three calls and the first /metrics
+    assert delta("tinyfaas_http_requests_total", code="500") == 1
+    assert after[("tinyfaas_function_workers", (("function", "metered"),))] >= 1
+    assert after[("tinyfaas_functions", ())] == len(server.request("GET", "/admin/functions").json)
+    assert after[("process_resident_memory_bytes", ())] > 10e6 and after[("process_cpu_seconds_total", ())] > 0

@@ -22,6 +22,7 @@ from .bodies import BadBody
 from .errors import BadRequest, FaasError, MethodNotAllowed, NotFound, ServiceUnavailable, WorkerCrashed
 from .live import Live, LiveTable, shutting_down
 from .logs import encode_record
+from .metrics import Metrics
 from .workers import PoolClosed, Worker, WorkerDied, WorkerTimeout
 
 __all__ = ["Caller", "Answer", "Started", "Request", "check_request"]
@@ -71,8 +72,9 @@ class _Ids:
 
 
 class Caller:
-    def __init__(self, table: LiveTable) -> None:
+    def __init__(self, table: LiveTable, metrics: Metrics) -> None:
         self._table = table
+        self._metrics = metrics
         self._ids = _Ids()
 
     def invoke(self, name: str, method: str, path: str, query: str, headers: dict[str, str],
@@ -192,8 +194,10 @@ class Caller:
                             described + b"," + protocol.NO_OUTPUT + b',"error":' + error, trigger)
 
     def _record(self, live: Live, call_id: str, start: float, status: str, rest: bytes, trigger: str) -> bytes:
-        line = encode_record(id=call_id, status=status, function=live.name, trigger=trigger, start=start,
-                             end=time.time(), rest=rest)
+        end = time.time()
+        line = encode_record(id=call_id, status=status, function=live.name, trigger=trigger, start=start, end=end,
+                             rest=rest)
+        self._metrics.call(live.name, status, end - start)
         try:
             live.log.append(line, status != "ok")
         except OSError as exc:  # e.g. the disk is full: every call is logged before it is answered, or fails

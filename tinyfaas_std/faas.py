@@ -20,11 +20,14 @@ from typing import Any
 
 from .callbacks import parse_allow
 from .calls import Answer, Caller
+import psutil
+
 from .config import Config
 from .errors import BadRequest
 from .deploy import Deployer, Lifecycle, NAME_PATTERN, check_name
 from .live import LiveTable
 from .logs import LogStore
+from .metrics import Metrics
 from .sandbox import Sandbox
 from .settings import Changes
 from .queue import AsyncCalls
@@ -56,7 +59,8 @@ class FunctionManager:
             self._logs, VenvBuilder(functions_dir / ".venvs", config.pip_timeout,
                                     source_builds=config.source_builds == "allow"),
             self.sandbox, functions_dir, on_change=self._changed)
-        self._caller = Caller(self._table)
+        self.metrics = Metrics()
+        self._caller = Caller(self._table, self.metrics)
         self._async = AsyncCalls(config.data_dir / "async", self._caller, self._table,
                                  max_queue=config.max_async_queue, callback_allow=parse_allow(config.callback_allow),
                                  keep_done=max(config.log_retention, KEEP_DONE))
@@ -123,8 +127,18 @@ class FunctionManager:
         if version is None:
             self._scheduler.set(name, None, "")
             self._async.drop(name)
+            self.metrics.forget(name)
         else:
             self._scheduler.set(name, version.schedule, version.calling)
+
+    def metrics_text(self) -> bytes:
+        """`/metrics`: the counters, with what is counted elsewhere asked for now."""
+        process = psutil.Process()
+        times = process.cpu_times()
+        gauges = {"workers": {name: len(pool.pids()) for name, pool in self._table.named_pools()},
+                  "queue": self._async.depths(), "functions": len(self.names()),
+                  "cpu_seconds": times.user + times.system, "rss_bytes": process.memory_info().rss}
+        return self.metrics.render(gauges)
 
     @property
     def stopping(self) -> bool:

@@ -36,7 +36,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import bodies, http11, multipart, settings, throttle
+from . import bodies, http11, metrics, multipart, settings, throttle
 from .auth import Authenticator
 from .config import Config
 from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, InternalError, LengthRequired,
@@ -210,6 +210,10 @@ def _log_query(query: str) -> tuple[int | None, str | None]:
     return (int(limit[0]) if limit else None), (after[0] if after else None)
 
 
+def _metrics(server: Server, *_: Any) -> Reply:
+    return Reply(200, server.manager.metrics_text(), (("Content-Type", metrics.CONTENT_TYPE),), raw=True)
+
+
 def _healthz(server: Server) -> Reply:
     """For load balancers and supervisors: no credentials, no details; 503 once the server is stopping."""
     if server.manager.stopping:
@@ -268,6 +272,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Route, str | None]] = [
     ("POST", re.compile(r"/admin/functions/([^/]+)/rollback"), _rollback, None),
     ("GET", re.compile(r"/admin/logs/([^/]+)"), _logs, None),
     ("GET", re.compile(r"/admin/status"), _status, None),
+    ("GET", re.compile(r"/metrics"), _metrics, None),
 ]
 
 
@@ -536,6 +541,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: Reply) -> None:
         """Head and body in one write. Every body ends in a newline, so curl output ends its line."""
+        self.server.manager.metrics.answer(reply.status)
         body = reply.body
         if reply.stream is not None:
             self._send_stream(reply, reply.stream)

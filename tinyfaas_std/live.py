@@ -75,6 +75,11 @@ class LiveTable:
             return [live.pool for live in self._live.values()] + \
                 ([item.pool for item in self._retiring] if retiring else [])
 
+    def named_pools(self) -> list[tuple[str, Pool]]:
+        """Each function's live pool."""
+        with self._lock:
+            return [(name, live.pool) for name, live in self._live.items()]
+
     def versions_in_use(self, name: str | None = None) -> list[tuple[FunctionRecord, Version]]:
         """The versions whose workers may run (live, or retiring and not yet drained), of one function or all.
         Drained retiring pools are forgotten here."""

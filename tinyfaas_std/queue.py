@@ -139,6 +139,11 @@ class AsyncCalls:
 
     # -- for the scheduler and the deployer ----------------------------------------------------------------
 
+    def depths(self) -> dict[str, int]:
+        """Calls waiting, per function that has a lane."""
+        with self._lock:
+            return {name: len(lane.calls) for name, lane in self._lanes.items()}
+
     def busy(self, name: str, trigger: str) -> bool:
         """Whether a call of `name` made by `trigger` is queued or running."""
         with self._lock:
