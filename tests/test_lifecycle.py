@@ -116,7 +116,8 @@ def test_default_password_on_a_public_address_is_warned_about(tmp_path) -> None:
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "serving on" in proc.stdout.readline()
-        assert "default password" in proc.stderr.readline()
+        warnings = proc.stderr.readline() + proc.stderr.readline()  # also: Basic Auth over plain HTTP
+        assert "default password" in warnings and "plain HTTP" in warnings
     finally:
         proc.terminate()
         assert proc.wait(20) == 0

@@ -1,4 +1,4 @@
-"""HTTP Basic Auth (RFC 7617): a pure parser and a constant-time check.
+"""HTTP Basic Auth (RFC 7617): a pure parser, a constant-time check, the users of the store (users.py).
 
 `parse_basic_auth` turns an Authorization header value into `Credentials` or raises `Unauthorized`; it never
 raises anything else, whatever the bytes. `Authenticator.check` compares the whole header against the one
@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
+import functools
+import hashlib
 import hmac
+import os
+import threading
 from dataclasses import dataclass
 
 from .errors import Unauthorized
+from .users import User, UserStore, hash_password, verify_password
 
 __all__ = ["Credentials", "parse_basic_auth", "Authenticator"]
+
+CACHE_SIZE = 4096   # verified headers remembered: more distinct callers than this re-verify now and then
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password("not a password of anyone", salt=b"\0" * 16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,19 +53,45 @@ def parse_basic_auth(value: str | None) -> Credentials:
 
 
 class Authenticator:
-    """Knows the one valid header value; compares in constant time."""
+    """Knows the server's own account (`--username/--password`, an admin) and, when given, the user store.
 
-    def __init__(self, username: str, password: str) -> None:
+    The common case costs one constant-time comparison: the header of the server's account. A store user's
+    password is checked against its PBKDF2 hash once; the verified header is then cached (keyed by an HMAC of the
+    header under a key made at start, so the cache holds no credentials; bounded; stale as soon as the store
+    changes), so a warm caller costs one HMAC and a dict lookup."""
+
+    def __init__(self, username: str, password: str, store: UserStore | None = None) -> None:
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._expected = ("Basic " + token).encode("ascii")
         self._credentials = Credentials(username, password)
+        self._admin = User(username, "admin")
+        self._store = store
+        self._key = os.urandom(32)
+        self._cache: collections.OrderedDict[bytes, tuple[int, User]] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
-    def check(self, value: str | None) -> None:
-        """Return if `value` carries the right credentials, else raise `Unauthorized`."""
+    def check(self, value: str | None) -> User:
+        """The user `value` authenticates, else raise `Unauthorized`."""
         if value is not None and hmac.compare_digest(value.encode("latin-1", "replace"), self._expected):
-            return  # the common case: exactly the header we expect, one comparison
+            return self._admin  # the common case: exactly the header we expect, one comparison
         given = parse_basic_auth(value)  # raises with a precise message when malformed
         same_user = hmac.compare_digest(given.username.encode(), self._credentials.username.encode())
         same_password = hmac.compare_digest(given.password.encode(), self._credentials.password.encode())
-        if not (same_user and same_password):
+        if same_user and same_password:
+            return self._admin
+        store = self._store
+        if store is None or not len(store):
             raise Unauthorized("wrong user name or password", code="auth_failed")
+        key = hmac.new(self._key, (value or "").encode("latin-1", "replace"), hashlib.sha256).digest()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == store.generation:
+            return hit[1]
+        generation, user = store.generation, store.get(given.username)
+        # An unknown name costs a hash as well, so the time taken does not tell which names exist.
+        if not verify_password(given.password, user.password_hash if user else _dummy_hash()) or user is None:
+            raise Unauthorized("wrong user name or password", code="auth_failed")
+        with self._lock:
+            self._cache[key] = (generation, user)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return user

@@ -119,6 +119,9 @@ class FunctionManager:
     def call_state(self, call_id: str) -> dict[str, Any] | bytes:
         return self._async.state(call_id)
 
+    def call_function(self, call_id: str) -> str:
+        return self._async.function_of(call_id)
+
     def cancel_call(self, call_id: str) -> dict[str, Any]:
         return self._async.cancel(call_id)
 

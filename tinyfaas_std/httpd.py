@@ -1,8 +1,9 @@
-"""The HTTP layer: a `ThreadingHTTPServer`, one request handler, the route table and one error boundary.
+"""The HTTP layer: a `ThreadingHTTPServer`, one request handler and one error boundary.
 
 Strategy: the handler reads the socket itself into a buffer with a deadline (`--client-timeout`), hands the head
-to the pure, strict parser in `http11`, authenticates before anything else, routes from a table, reads the body
-only within the route's size limit, calls the core (`FunctionManager`), and writes each response (head and body)
+to the pure, strict parser in `http11`, authenticates before anything else (auth.py; a throttled address first
+gets 429), finds the route in the table of routes.py, authorises the user for it (users.py), reads the body only
+within the route's size limit, runs the route (which calls the core), and writes each response (head and body)
 with one `sendall`, so Nagle and delayed ACK never stall keep-alive. The stdlib's `email.parser` header path is
 not used: it is lenient (it lets malformed framing through) and costs about half the server's CPU per call.
 
@@ -29,25 +30,24 @@ import ssl
 import threading
 import time
 import traceback
-import urllib.parse
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from . import bodies, http11, metrics, multipart, settings, throttle
+from . import http11, throttle
 from .auth import Authenticator
 from .config import Config
 from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, InternalError, LengthRequired,
-                     MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable, TooManyRequests,
-                     UnsupportedMediaType, UriTooLong)
+                     PayloadTooLarge, RequestTimeout, ServiceUnavailable, TooManyRequests, UriTooLong)
 from .faas import FunctionManager
 from .peers import UNKNOWN, peer_uid
+from .routes import PUBLIC, Reply, find_route
 from .sockets import set_timeouts
 from .status import Sampler
+from .users import User, UserStore, may
 
-__all__ = ["Server", "Handler", "ROUTES"]
+__all__ = ["Server", "Handler", "make_server"]
 
 log = logging.getLogger("tinyfaas_std")
 
@@ -65,231 +65,9 @@ class _ClientGone(Exception):
     """The client reset or closed the connection while we were reading: there is no one to answer."""
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs the hot path about half a microsecond
-class Reply:
-    """An answer: `body`, or for an answer of unknown size `stream`, its pieces (then `body` is unused). A JSON
-    body gets a final newline (so curl output ends its line); a `raw` one (an http function's) is sent as it is,
-    its Content-Type among `headers`."""
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-    stream: Generator[bytes, None, None] | None = None
-    call_id: str = ""   # X-Call-Id, on every answer of /function/...
-    raw: bool = False
-
-
-def _json(value: Any, status: int = 200) -> Reply:
-    return Reply(status, json.dumps(value, ensure_ascii=True, allow_nan=False).encode())
-
-
 def escape(text: str) -> str:
     """Request data made safe for a log line: control characters become escapes."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-# -- routes: each takes (server, request head, path parameter, body) and returns a Reply --------------------
-
-Route = Callable[["Server", http11.RequestHead, str, bytes], Reply]
-
-
-def _upload(server: Server, req: http11.RequestHead, _: str, body: bytes) -> Reply:
-    content_type = req.headers.get("content-type", "")
-    if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
-        raise UnsupportedMediaType("upload with Content-Type multipart/form-data (curl -F)", code="not_multipart")
-    form = _form(multipart.parse(body, content_type))
-    changes = settings.from_form({key: value for key, value in form.items() if key in _SETTING_FIELDS})
-    return _json(server.manager.upload(form["name"], form["file"], form.get("requirements"), changes))
-
-
-_SETTING_FIELDS = ("calling", "env", "secrets", "timeout", "memory_mb", "max_workers", "schedule")
-_FORM_FIELDS = ("name", "file", "requirements", *_SETTING_FIELDS)
-
-
-def _form(parts: list[multipart.Part]) -> dict[str, Any]:
-    """The upload's fields: `file` as bytes, the others as text (each may be a text field or a file part)."""
-    by_name = {part.name: part for part in parts}
-    repeated = sorted({p.name for p in parts if p.name in _FORM_FIELDS and by_name[p.name] is not p})
-    if repeated:
-        raise BadRequest(f"form field(s) sent twice: {', '.join(repeated)}", code="duplicate_field", fields=repeated)
-    missing = [field for field in ("name", "file") if field not in by_name]
-    if missing:
-        raise BadRequest(f"missing form field(s): {', '.join(missing)}", code="missing_field", fields=missing)
-    form: dict[str, Any] = {"file": by_name["file"].data}
-    for name in _FORM_FIELDS:
-        if name in by_name and name != "file":
-            form[name] = _text(by_name[name])
-    return form
-
-
-def _text(part: multipart.Part) -> str:
-    try:
-        return part.data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest(f"form field {part.name!r} is not UTF-8 text", code="bad_field") from None
-
-
-def _list(server: Server, *_: Any) -> Reply:
-    return _json(server.manager.names())
-
-
-def _describe(server: Server, _: http11.RequestHead, name: str, __: bytes) -> Reply:
-    return _json(server.manager.describe(name))
-
-
-def _delete(server: Server, _: http11.RequestHead, name: str, __: bytes) -> Reply:
-    return _json(server.manager.delete(name))
-
-
-def _patch(server: Server, _: http11.RequestHead, name: str, body: bytes) -> Reply:
-    return _json(server.manager.patch(name, settings.from_patch(_json_body(body))))
-
-
-def _versions(server: Server, _: http11.RequestHead, name: str, __: bytes) -> Reply:
-    return _json(server.manager.versions(name))
-
-
-def _rollback(server: Server, _: http11.RequestHead, name: str, body: bytes) -> Reply:
-    doc = _json_body(body) if body.strip() else {}
-    version = doc.get("version") if isinstance(doc, dict) and set(doc) <= {"version"} else False
-    if isinstance(version, int) and not isinstance(version, bool):
-        version = str(version)
-    if version is not None and not isinstance(version, str):
-        raise BadRequest('send nothing, or {"version": "<id>"}', code="bad_rollback")
-    return _json(server.manager.rollback(name, version))
-
-
-def _json_body(body: bytes) -> Any:
-    try:
-        return bodies.loads_strict(body)
-    except bodies.BadBody as exc:
-        raise BadRequest(str(exc), code=exc.code) from None
-
-
-def _logs(server: Server, req: http11.RequestHead, name: str, _: bytes) -> Reply:
-    limit, after = _log_query(req.query)
-    lines = server.manager.read_logs(name, limit, after)  # a lazy iterator: a log can be large
-    return Reply(200, b"", stream=_json_array(lines))
-
-
-def _json_array(items: Iterable[bytes]) -> Generator[bytes, None, None]:
-    """Already-encoded JSON values as the pieces of one JSON array. The first value is read now, inside the
-    error boundary, so a failure to read it is still a JSON error answer rather than a cut connection."""
-    rest = iter(items)
-    first = next(rest, None)
-    return _array_pieces(first, rest)
-
-
-def _array_pieces(first: bytes | None, rest: Iterator[bytes]) -> Generator[bytes, None, None]:
-    if first is None:
-        yield b"[]"
-        return
-    yield b"["
-    yield first
-    for item in rest:
-        yield b","
-        yield item
-    yield b"]"
-
-
-_CALL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _log_query(query: str) -> tuple[int | None, str | None]:
-    """`?limit=N` (the newest N) and `?after=<call id>` (the records after that call), both optional."""
-    try:
-        params = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=bool(query),
-                                       max_num_fields=8)
-    except ValueError:
-        raise BadRequest("the query string is malformed", code="bad_query") from None
-    limit, after = params.get("limit"), params.get("after")
-    if limit is not None and (len(limit) != 1 or not (limit[0].isascii() and limit[0].isdigit())
-                              or int(limit[0]) < 1):
-        raise BadRequest("limit must be one positive integer", code="bad_query")
-    if after is not None and (len(after) != 1 or not _CALL_ID.fullmatch(after[0])):
-        raise BadRequest("after must be one call id", code="bad_query")
-    return (int(limit[0]) if limit else None), (after[0] if after else None)
-
-
-def _metrics(server: Server, *_: Any) -> Reply:
-    return Reply(200, server.manager.metrics_text(), (("Content-Type", metrics.CONTENT_TYPE),), raw=True)
-
-
-def _healthz(server: Server) -> Reply:
-    """For load balancers and supervisors: no credentials, no details; 503 once the server is stopping."""
-    if server.manager.stopping:
-        return _json({"status": "stopping"}, 503)
-    return _json({"status": "ok"})
-
-
-# (method, exact path) -> route, for the routes that need no credentials
-PUBLIC: dict[tuple[str, str], Callable[[Server], Reply]] = {("GET", "/healthz"): _healthz}
-
-
-def _status(server: Server, *_: Any) -> Reply:
-    return _json({**server.sampler.snapshot(), "functions": len(server.manager.names())})
-
-
-def _invoke(server: Server, req: http11.RequestHead, name: str, body: bytes) -> Reply:
-    sub_path = req.path[len("/function/") + len(name):]  # what follows the name: an http function's own path
-    answer = server.manager.invoke(name, req.method, sub_path, req.query, req.headers, body)
-    return Reply(answer.status, answer.body, answer.headers, call_id=answer.call_id, raw=answer.raw)
-
-
-def _submit(server: Server, req: http11.RequestHead, name: str, body: bytes) -> Reply:
-    sub_path = req.path[len("/async-function/") + len(name):]
-    call_id, answer = server.manager.submit(name, req.method, sub_path, req.query, req.headers, body,
-                                            req.headers.get("x-callback-url"))
-    return Reply(202, _json(answer).body, call_id=call_id)
-
-
-def _call_state(server: Server, _: http11.RequestHead, call_id: str, __: bytes) -> Reply:
-    state = server.manager.call_state(call_id)
-    return Reply(200, state) if isinstance(state, bytes) else _json(state)
-
-
-def _cancel_call(server: Server, _: http11.RequestHead, call_id: str, __: bytes) -> Reply:
-    return _json(server.manager.cancel_call(call_id))
-
-
-_FUNCTION = re.compile(r"/function/([^/]+)(?:/.*)?")
-_ASYNC_FUNCTION = re.compile(r"/async-function/([^/]+)(?:/.*)?")
-_OTHER_METHODS = ("GET", "PUT", "PATCH", "DELETE", "OPTIONS")  # http functions answer them too (SPEC 10)
-
-# (method, path pattern, route, body limit attribute on Config or None for "no body expected")
-ROUTES: list[tuple[str, re.Pattern[str], Route, str | None]] = [
-    ("POST", _FUNCTION, _invoke, "max_body_bytes"),  # first: the hot path
-    *((method, _FUNCTION, _invoke, "max_body_bytes") for method in _OTHER_METHODS),
-    ("POST", _ASYNC_FUNCTION, _submit, "max_body_bytes"),
-    *((method, _ASYNC_FUNCTION, _submit, "max_body_bytes") for method in _OTHER_METHODS),
-    ("GET", re.compile(r"/admin/calls/([^/]+)"), _call_state, None),
-    ("DELETE", re.compile(r"/admin/calls/([^/]+)"), _cancel_call, None),
-    ("POST", re.compile(r"/admin/upload"), _upload, "max_upload_bytes"),
-    ("GET", re.compile(r"/admin/functions"), _list, None),
-    ("GET", re.compile(r"/admin/functions/([^/]+)"), _describe, None),
-    ("DELETE", re.compile(r"/admin/functions/([^/]+)"), _delete, None),
-    ("PATCH", re.compile(r"/admin/functions/([^/]+)"), _patch, None),
-    ("GET", re.compile(r"/admin/functions/([^/]+)/versions"), _versions, None),
-    ("POST", re.compile(r"/admin/functions/([^/]+)/rollback"), _rollback, None),
-    ("GET", re.compile(r"/admin/logs/([^/]+)"), _logs, None),
-    ("GET", re.compile(r"/admin/status"), _status, None),
-    ("GET", re.compile(r"/metrics"), _metrics, None),
-]
-
-
-def _route(method: str, path: str) -> tuple[Route, str, str | None]:
-    """The route for `method` on `path`; HEAD takes GET's (the handler then drops the body)."""
-    wanted = "GET" if method == "HEAD" else method
-    allowed = []
-    for route_method, pattern, route, limit in ROUTES:
-        match = pattern.fullmatch(path)
-        if match:
-            if route_method == wanted:
-                return route, (match.group(1) if match.groups() else ""), limit
-            allowed.append(route_method)
-    if allowed:
-        raise MethodNotAllowed(f"{method} is not allowed here", headers={"Allow": ", ".join(allowed)},
-                               allow=allowed)
-    raise NotFound("no such path", code="path_not_found")
 
 
 # -- the server and its one handler -------------------------------------------------------------------------
@@ -304,7 +82,8 @@ class Server(ThreadingHTTPServer):
         self.config = config
         self.manager = manager
         self.sampler = sampler
-        self.auth = Authenticator(config.username, config.password)
+        self.users = UserStore(config.data_dir / "users.json")
+        self.auth = Authenticator(config.username, config.password, self.users)
         self.throttle = throttle.LoginThrottle(config.max_failed_logins)
         # uids whose connections are served only /function/ routes: the functions' own, when they have them
         self.function_uids = config.uids if manager.sandbox.isolation.per_function_user else None
@@ -424,10 +203,13 @@ class Handler(BaseHTTPRequestHandler):
         public = PUBLIC.get((req.method if req.method != "HEAD" else "GET", req.path))
         if public is not None and not self._body_pending:  # the one route without credentials (SPEC 12)
             return public(self.server)
-        self._authenticate(req)
+        user = self._authenticate(req)
         if not req.path.startswith(("/function/", "/async-function/")) and self._opened_by_function():
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
-        route, param, limit_name = _route(req.method, req.path)
+        spec, param = find_route(req.method, req.path)
+        if not may(user, spec.access, param if spec.scoped else None):
+            raise Forbidden(f"the {user.role} {user.name!r} may not do this", code="forbidden", role=user.role)
+        limit_name = spec.limit
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
         if limit_name == "max_upload_bytes" and req.content_length is None and not req.chunked:
             raise LengthRequired("an upload needs a Content-Length", code="length_required")
@@ -437,7 +219,7 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = self._read_chunked(limit) if req.chunked else self._read_body(req.content_length or 0)
         self._body_pending = False
-        return route(self.server, req, param, body)
+        return spec.route(self.server, req, param, body, user)
 
     def _opened_by_function(self) -> bool:
         """Whether a function's process opened this connection (see peers.py); looked up once per connection. A
@@ -448,7 +230,7 @@ class Handler(BaseHTTPRequestHandler):
             self._from_function = uids is not None and uid is not None and (uid == UNKNOWN or uid in uids)
         return self._from_function
 
-    def _authenticate(self, req: http11.RequestHead) -> None:
+    def _authenticate(self, req: http11.RequestHead) -> User:
         address = self.client_address[0]
         wait = self.server.throttle.blocked(address)
         if wait:
@@ -456,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
                                   code="too_many_failed_logins", headers={"Retry-After": str(math.ceil(wait))})
         header = req.headers.get("authorization")
         try:
-            self.server.auth.check(header)
+            return self.server.auth.check(header)
         except FaasError:
             log.warning("failed authentication from %s for %s %s", address, req.method, escape(req.target[:200]))
             block = self.server.throttle.failed(address) if header is not None else 0  # no header: no login tried

@@ -124,6 +124,11 @@ class AsyncCalls:
                 pass
         raise NotFound(f"no async call {call_id[:40]!r} (or its record was pruned)", code="call_not_found")
 
+    def function_of(self, call_id: str) -> str:
+        """The function an async call is of (404 when unknown): what permissions on the call depend on."""
+        state = self.state(call_id)
+        return str(state["function"] if isinstance(state, dict) else json.loads(state)["function"])
+
     def cancel(self, call_id: str) -> dict[str, Any]:
         with self._lock:
             entry = self._state.get(call_id) if _ID.fullmatch(call_id) else None
