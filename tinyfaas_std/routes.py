@@ -268,7 +268,7 @@ ROUTES: list[RouteSpec] = [
     *(RouteSpec(method, _FUNCTION, _invoke, "max_body_bytes", _CALL, True) for method in _OTHER_METHODS),
     RouteSpec("POST", _ASYNC_FUNCTION, _submit, "max_body_bytes", _CALL, True),
     *(RouteSpec(method, _ASYNC_FUNCTION, _submit, "max_body_bytes", _CALL, True) for method in _OTHER_METHODS),
-    RouteSpec("GET", re.compile(r"/admin/calls/([^/]+)"), _call_state, None, _CALL),
+    RouteSpec("GET", re.compile(r"/admin/calls/([^/]+)"), _call_state, None, Access.CALL_STATE),
     RouteSpec("DELETE", re.compile(r"/admin/calls/([^/]+)"), _cancel_call, None, Access.CANCEL),
     RouteSpec("POST", re.compile(r"/admin/upload"), _upload, "max_upload_bytes", _CHANGE),
     RouteSpec("GET", re.compile(r"/admin/functions"), _list, None, _READ),

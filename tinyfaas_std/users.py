@@ -37,7 +37,8 @@ _PATTERN = re.compile(r"[A-Za-z0-9_*?\[\]-]{1,64}")  # glob patterns over functi
 
 class Access(enum.Enum):
     """What a route does, as far as permissions go."""
-    CALL = "call"            # sync and async calls of a function; the state of an async call
+    CALL = "call"            # sync and async calls of a function
+    CALL_STATE = "call_state"  # GET /admin/calls/<id>: of the user's functions, to who may call or read them
     CHANGE = "change"        # upload, PATCH, rollback, delete of a function
     READ = "read"            # describe, logs, versions of a function; the list of functions
     STATUS = "status"        # /admin/status
@@ -49,9 +50,9 @@ class Access(enum.Enum):
 # role -> what it may do (for the functions its patterns match, where a function is concerned)
 _RIGHTS = {
     "admin": set(Access),
-    "developer": {Access.CALL, Access.CHANGE, Access.READ, Access.STATUS, Access.CANCEL},
-    "invoker": {Access.CALL},
-    "viewer": {Access.READ, Access.STATUS, Access.METRICS},
+    "developer": {Access.CALL, Access.CALL_STATE, Access.CHANGE, Access.READ, Access.STATUS, Access.CANCEL},
+    "invoker": {Access.CALL, Access.CALL_STATE},
+    "viewer": {Access.READ, Access.CALL_STATE, Access.STATUS, Access.METRICS},
 }
 
 
