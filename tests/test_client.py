@@ -247,7 +247,7 @@ def test_usage_errors_exit_2(server: Server, tmp_path: Path) -> None:
                  ["deploy", "x", _source(tmp_path, "add.py", ADD), "--env", "NOEQUALS"], ["ls", "--bogus"]):
         done = tf(server.port, *args)
         assert done.returncode == 2 and done.stderr and done.stdout == "", args
-    for later in ("users", "export"):
+    for later in ("export",):
         done = tf(server.port, later, "list")
         assert done.returncode == 2 and "not available yet" in done.stderr
     bad_url = tf(server.port, "ls", url="ftp://127.0.0.1")

@@ -141,3 +141,26 @@ def test_the_users_api_keeps_no_password_and_changes_apply_at_once(team: Server)
         if path.is_file():
             assert PASSWORD.encode() not in path.read_bytes(), path
     assert b"pbkdf2_sha256$" in users_file.read_bytes()
+
+
+def test_offline_users_commands_bootstrap_a_user_the_server_then_knows(tmp_path: Path, wheels: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+
+    def users(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tinyfaas_std", "users", "--data-dir", str(data), *args],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    assert users("add", "boot", "--role", "viewer", stdin=PASSWORD + "\n").returncode == 0
+    assert users("add", "boot", "--role", "viewer", stdin=PASSWORD + "\n").returncode == 2  # exists
+    assert users("add", "weak", "--role", "viewer", stdin="short\n").returncode == 2
+    assert users("list").stdout.split() == ["boot", "viewer", "*"]
+    server = Server(tmp_path, wheels).start()
+    try:
+        assert server.request("GET", "/admin/status", auth=_auth("boot")).status == 200
+        assert server.request("POST", "/admin/users", b"{}", auth=_auth("boot")).status == 403
+    finally:
+        server.stop()
+    assert users("remove", "boot").returncode == 0 and users("list").stdout == ""

@@ -185,5 +185,47 @@ class UserStore:
         self.generation += 1
 
 
+def cli(argv: list[str]) -> int:
+    """`python -m tinyfaas_std users add NAME --role ROLE [--functions 'a,b-*'] | list | remove NAME`: offline, on
+    `data/users.json` (for bootstrap; a running server reads the file at start, the users API changes it live).
+    The password comes from a prompt, or from stdin when it is not a terminal."""
+    import argparse
+    import getpass
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tinyfaas_std users")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TINYFAAS_DATA_DIR", "data")))
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    add = verbs.add_parser("add")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--functions", help="comma-separated name patterns, e.g. 'report-*,billing'")
+    verbs.add_parser("list")
+    remove = verbs.add_parser("remove")
+    remove.add_argument("name")
+    args = parser.parse_args(argv)
+    args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = UserStore(args.data_dir / "users.json")
+    try:
+        if args.verb == "add":
+            password = getpass.getpass(f"password for {args.name}: ") if sys.stdin.isatty() else \
+                sys.stdin.readline().rstrip("\n")
+            doc = check_user({"name": args.name, "password": password, "role": args.role,
+                              **({"functions": args.functions} if args.functions else {})}, new=True)
+            store.add(doc["name"], doc["password"], doc["role"], doc.get("functions"))
+            print(f"added {args.name} ({args.role})")
+        elif args.verb == "remove":
+            store.remove(args.name)
+            print(f"removed {args.name}")
+        else:
+            for user in store.all():
+                patterns = ",".join(user.functions) if user.functions is not None else "*"
+                print(f"{user.name}\t{user.role}\t{patterns}")
+    except (BadRequest, Conflict, NotFound) as exc:
+        print(f"users: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
