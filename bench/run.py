@@ -564,6 +564,32 @@ def convention_rows(target: Target, plan: Plan, lua: Path, tmp: Path) -> list[Ro
     ]
 
 
+def users_rows(target: Target, plan: Plan, lua: Path, tmp: Path, count: int = 50) -> list[Row]:
+    """Warm calls at 8 connections as the admin and as an invoker among `count` users (each password checked
+    once with PBKDF2, then cached), in alternating runs: the cost of users on the hot path."""
+    with Client(target.port) as client:
+        for i in range(count):
+            doc = {"name": f"user{i}", "password": f"password-{i:04d}", "role": "invoker" if i else "viewer"}
+            if i:
+                doc["functions"] = ["add", "report-*"]
+            _, status, body = client.timed("POST", "/admin/users", json.dumps(doc).encode())
+            if status != 201:
+                raise RuntimeError(f"adding a user answered {status}: {body[:200]!r}")
+    token = base64.b64encode(f"user{count - 1}:password-{count - 1:04d}".encode()).decode()
+    invoker_lua = tmp / "invoker.lua"
+    invoker_lua.write_text(lua.read_text().replace("YWRtaW46MTIzNA==", token))
+    run_wrk(target, 8, 1, invoker_lua)  # warm: the first requests check the password (0.2 s each), then cached
+    admin, invoker = [], []
+    for _ in range(plan.rounds):
+        admin.append(run_wrk(target, 8, plan.load_seconds, lua))
+        invoker.append(run_wrk(target, 8, plan.load_seconds, invoker_lua))
+    a, b = median_load(admin), median_load(invoker)
+    return [Row(f"warm calls/s, 8 conn, invoker among {count} users / admin", "ratio",
+                _ratio(b.calls_per_s, a.calls_per_s), goal=at_least(0.9, ">= 0.9"),
+                note=f"{b.calls_per_s:.0f} vs {a.calls_per_s:.0f} calls/s; CPU per call {b.cpu_us_per_call:.0f} "
+                     f"vs {a.cpu_us_per_call:.0f} us; {b.errors} errors")]
+
+
 def async_rows(port: int, calls: int = 2000, timed: int = 50) -> list[Row]:
     """Async calls accepted per second (one keep-alive connection, each on disk before its 202) and the time
     from a 202 to the call's record being readable at /admin/calls/<id>, polled every millisecond."""
@@ -812,6 +838,8 @@ def main_server_rows(main: ServerFolder, references: list[Path], plan: Plan, lua
     rows += status_rows(server.port)
     log("uploads")
     rows += upload_rows(server.port)
+    log("users")
+    rows += users_rows(server, plan, lua, main.root.parent)
     log("async calls")
     rows += async_rows(server.port)
     log("soak runs")

@@ -11,7 +11,6 @@ import base64
 import binascii
 import collections
 import functools
-import hashlib
 import hmac
 import os
 import threading
@@ -72,20 +71,23 @@ class Authenticator:
 
     def check(self, value: str | None) -> User:
         """The user `value` authenticates, else raise `Unauthorized`."""
-        if value is not None and hmac.compare_digest(value.encode("latin-1", "replace"), self._expected):
+        raw = value.encode("latin-1", "replace") if value is not None else b""
+        if hmac.compare_digest(raw, self._expected):
             return self._admin  # the common case: exactly the header we expect, one comparison
+        store = self._store
+        key = b""
+        if store is not None and len(store):  # a store user's header seen before: one HMAC, one lookup
+            key = hmac.digest(self._key, raw, "sha256")
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == store.generation:
+                return hit[1]
         given = parse_basic_auth(value)  # raises with a precise message when malformed
         same_user = hmac.compare_digest(given.username.encode(), self._credentials.username.encode())
         same_password = hmac.compare_digest(given.password.encode(), self._credentials.password.encode())
         if same_user and same_password:
             return self._admin
-        store = self._store
-        if store is None or not len(store):
+        if store is None or not key:
             raise Unauthorized("wrong user name or password", code="auth_failed")
-        key = hmac.new(self._key, (value or "").encode("latin-1", "replace"), hashlib.sha256).digest()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == store.generation:
-            return hit[1]
         generation, user = store.generation, store.get(given.username)
         # An unknown name costs a hash as well, so the time taken does not tell which names exist.
         if not verify_password(given.password, user.password_hash if user else _dummy_hash()) or user is None:
