@@ -42,10 +42,10 @@ from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, Int
                      PayloadTooLarge, RequestTimeout, ServiceUnavailable, TooManyRequests, UriTooLong)
 from .faas import FunctionManager
 from .peers import UNKNOWN, peer_uid
-from .routes import PUBLIC, Reply, find_route
+from .routes import PUBLIC, Reply, allow, find_route
 from .sockets import set_timeouts
 from .status import Sampler
-from .users import User, UserStore, may
+from .users import User, UserStore
 
 __all__ = ["Server", "Handler", "make_server"]
 
@@ -207,8 +207,7 @@ class Handler(BaseHTTPRequestHandler):
         if not req.path.startswith(("/function/", "/async-function/")) and self._opened_by_function():
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
         spec, param = find_route(req.method, req.path)
-        if not may(user, spec.access, param if spec.scoped else None):
-            raise Forbidden(f"the {user.role} {user.name!r} may not do this", code="forbidden", role=user.role)
+        allow(user, spec.access, param if spec.scoped else None)
         limit_name = spec.limit
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
         if limit_name == "max_upload_bytes" and req.content_length is None and not req.chunked:
