@@ -213,6 +213,11 @@ def _cancel_call(server: Server, _: http11.RequestHead, call_id: str, __: bytes,
     return _json(server.manager.cancel_call(call_id))
 
 
+def _me(_: Server, __: http11.RequestHead, ___: str, ____: bytes, user: User) -> Reply:
+    """Who the credentials are: for the dashboard, to show only what this user may do."""
+    return _json(user.public())
+
+
 def _users(server: Server, *_: Any) -> Reply:
     return _json([user.public() for user in server.users.all()])
 
@@ -281,6 +286,7 @@ ROUTES: list[RouteSpec] = [
     RouteSpec("GET", re.compile(r"/admin/logs/([^/]+)"), _logs, None, _READ, True),
     RouteSpec("GET", re.compile(r"/admin/status"), _status, None, Access.STATUS),
     RouteSpec("GET", re.compile(r"/metrics"), _metrics, None, Access.METRICS),
+    RouteSpec("GET", re.compile(r"/admin/me"), _me, None, Access.SELF),
     RouteSpec("GET", re.compile(r"/admin/users"), _users, None, Access.USERS),
     RouteSpec("POST", re.compile(r"/admin/users"), _add_user, None, Access.USERS),
     RouteSpec("PATCH", _USER, _change_user, None, Access.USERS),

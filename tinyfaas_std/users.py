@@ -47,14 +47,16 @@ class Access(enum.Enum):
     METRICS = "metrics"      # /metrics
     CANCEL = "cancel"        # DELETE /admin/calls/<id>
     USERS = "users"          # the users API
+    SELF = "self"            # GET /admin/me: who the credentials are (every role)
 
 
 # role -> what it may do (for the functions its patterns match, where a function is concerned)
 _RIGHTS = {
     "admin": set(Access),
-    "developer": {Access.CALL, Access.CALL_STATE, Access.CHANGE, Access.READ, Access.STATUS, Access.CANCEL},
-    "invoker": {Access.CALL, Access.CALL_STATE},
-    "viewer": {Access.READ, Access.CALL_STATE, Access.STATUS, Access.METRICS},
+    "developer": {Access.SELF, Access.CALL, Access.CALL_STATE, Access.CHANGE, Access.READ, Access.STATUS,
+                  Access.CANCEL},
+    "invoker": {Access.SELF, Access.CALL, Access.CALL_STATE},
+    "viewer": {Access.SELF, Access.READ, Access.CALL_STATE, Access.STATUS, Access.METRICS},
 }
 
 
