@@ -11,6 +11,7 @@ import base64
 import binascii
 import collections
 import functools
+import hashlib
 import hmac
 import os
 import threading
@@ -55,9 +56,9 @@ class Authenticator:
     """Knows the server's own account (`--username/--password`, an admin) and, when given, the user store.
 
     The common case costs one constant-time comparison: the header of the server's account. A store user's
-    password is checked against its PBKDF2 hash once; the verified header is then cached (keyed by an HMAC of the
-    header under a key made at start, so the cache holds no credentials; bounded; stale as soon as the store
-    changes), so a warm caller costs one HMAC and a dict lookup."""
+    password is checked against its PBKDF2 hash once; the verified header is then cached (keyed by a keyed BLAKE2b
+    hash of the header under a key made at start, so the cache holds no credentials; bounded; stale as soon as the
+    store changes), so a warm caller costs one keyed hash and a dict lookup."""
 
     def __init__(self, username: str, password: str, store: UserStore | None = None) -> None:
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
@@ -76,8 +77,8 @@ class Authenticator:
             return self._admin  # the common case: exactly the header we expect, one comparison
         store = self._store
         key = b""
-        if store is not None and len(store):  # a store user's header seen before: one HMAC, one lookup
-            key = hmac.digest(self._key, raw, "sha256")
+        if store is not None and len(store):  # a store user's header seen before: one keyed hash, one lookup
+            key = hashlib.blake2b(raw, key=self._key).digest()  # a keyed hash (a MAC); twice as fast as HMAC
             hit = self._cache.get(key)
             if hit is not None and hit[0] == store.generation:
                 return hit[1]
