@@ -222,13 +222,19 @@ def test_deploy_invoke_change_roll_back_and_delete_through_the_page(ui_server: S
     expect(page.locator("#setting-timeout")).to_have_text("7 s")
     expect(page.locator("#detail-badges")).to_contain_text("v2")
     assert ui_server.request("GET", "/admin/functions/adder").json["timeout"] == 7
+    patch.locator("[name=key]").select_option("env")
+    patch.locator("[name=value]").fill("GREETING=bye")
+    patch.locator("button").click()
+    expect(page.locator("#setting-env")).to_have_text("GREETING=bye")
+    expect(page.locator("#versions tbody tr")).to_have_count(3)
     _shot(page, tmp_path, "4-patched")
 
-    page.click("#versions button[data-version='1']")
+    page.click("#versions button[data-version='1']")  # not the default (the one before the live one: v2)
     expect(page.locator("#versions tr.live")).to_contain_text("v1")
     expect(page.locator("#setting-timeout")).to_have_text("30 s")
+    expect(page.locator("#setting-env")).to_have_text("GREETING=hello")
     described = ui_server.request("GET", "/admin/functions/adder").json
-    assert (described["version"], described["timeout"]) == ("1", 30)
+    assert (described["version"], described["timeout"], described["env"]) == ("1", 30, {"GREETING": "hello"})
     _shot(page, tmp_path, "5-rolled-back")
 
     page.click("#delete")
