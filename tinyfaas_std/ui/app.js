@@ -286,7 +286,7 @@ async function loadCalls(name, callId) {
 
 function callRow(record) {
   const input = "event" in record ? record.event : "request" in record ? record.request
-    : { args: record.args, kwargs: record.kwargs };
+    : Object.keys(record.kwargs || {}).length ? { args: record.args, kwargs: record.kwargs } : record.args;
   const answer = record.status === "ok" ? ("response" in record ? record.response.body : record.result)
     : record.error && `${record.error.type}: ${record.error.message}`;
   const row = h("tr", { class: `call ${record.status}`, "data-id": record.id, tabindex: 0 },
@@ -496,7 +496,7 @@ function durationChart(svg, records) {
   const [width, height] = canvas(svg);
   const top = 16;  // room for the label
   const longest = Math.max(...records.map((record) => record.duration || 0), 1e-6);
-  const slot = width / CALLS_SHOWN;
+  const slot = width / Math.max(records.length, 12);  // a few calls still make a readable chart
   records.forEach((record, index) => {
     const barHeight = Math.max(1, ((record.duration || 0) / longest) * (height - top));
     svg.append(s("rect", { x: index * slot + 1, y: height - barHeight, width: slot - 2, height: barHeight,
