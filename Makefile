@@ -15,6 +15,7 @@ run: $(STAMP)
 	$(PY) -m tinyfaas_std
 
 test: $(STAMP)
+	@test -x /usr/bin/chromium || echo "chromium is not installed: the dashboard's browser tests will be skipped (apt-get install -y chromium)"
 	$(PY) -m pytest -q
 
 # e.g. make bench BENCH_ARGS='--quick --json out.json'

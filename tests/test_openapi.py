@@ -58,7 +58,7 @@ def test_every_route_is_described_and_every_described_route_exists(server: Serve
 
 def _example(pattern: str) -> str:
     """A path one of the table's patterns matches (each group: a name; a trailing optional sub-path left out)."""
-    return re.sub(r"\(\?:/\.\*\)\?", "", re.sub(r"\(\[\^/\]\+\)", "x-1", pattern)).replace("\\", "")
+    return re.sub(r"\(\?:/\.\*\)\?", "", re.sub(r"\(\[\^/\][+*]\)", "x-1", pattern)).replace("\\", "")
 
 
 def test_every_error_answer_in_the_document_has_the_error_shape(server: Server) -> None:

@@ -97,6 +97,8 @@ def _routes(call_id: str) -> list[tuple[str, str, bytes, dict[str, str], set[str
         ("GET", "/metrics", b"", {}, {"ops", "view"}),
         ("GET", "/admin/me", b"", {}, {"ops", "dev", "inv", "view"}),
         ("GET", "/openapi.json", b"", {}, {"ops", "dev", "inv", "view"}),
+        ("GET", "/ui", b"", {}, {"ops", "dev", "inv", "view"}),
+        ("GET", "/ui/app.js", b"", {}, {"ops", "dev", "inv", "view"}),
         ("GET", "/admin/users", b"", {}, {"ops"}),
         ("POST", "/admin/users", b'{"name": "x", "password": "x", "role": "viewer"}', {}, {"ops"}),
         ("PATCH", "/admin/users/nobody", b'{"role": "viewer"}', {}, {"ops"}),

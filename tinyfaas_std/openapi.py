@@ -152,6 +152,11 @@ def _upload_body() -> dict[str, Any]:
         **{field: _STR for field in text_fields})}}}
 
 
+_UI_FILE = {200: {"description": "the file, under `Content-Security-Policy: default-src 'self'`",
+                  "content": {media: {"schema": _STR} for media in ("text/html", "text/javascript", "text/css",
+                                                                   "image/svg+xml")}}}
+
+
 def _paths() -> dict[str, Any]:
     fn = ("name",)
     return {
@@ -202,6 +207,10 @@ def _paths() -> dict[str, Any]:
         "/metrics": {"get": _op("Prometheus text format 0.0.4", {200: {
             "description": "the metrics", "content": {"text/plain": {"schema": _STR}}}})},
         "/openapi.json": {"get": _op("this document", _ok({"type": "object"}))},
+        "/ui": {"get": _op("the dashboard's page (SPEC 13)", _UI_FILE)},
+        "/ui/{file}": {"get": _op("one of the dashboard's files", _UI_FILE, (404,), extra_params=[
+            {"name": "file", "in": "path", "required": True,
+             "schema": {"type": "string", "enum": ["index.html", "app.js", "style.css", "favicon.svg"]}}])},
         "/healthz": {"get": _op("for load balancers: no credentials", {
             200: {"description": "serving", "content": {_JSON: {"schema": _obj(("status",), status={"const": "ok"})}}},
             503: {"description": "stopping",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import bodies, http11, metrics, multipart, openapi, settings
+from . import bodies, http11, metrics, multipart, openapi, settings, ui
 from .errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, UnsupportedMediaType
 from .users import Access, User, check_user, may
 
@@ -222,6 +222,12 @@ def _openapi(*_: Any) -> Reply:
     return Reply(200, openapi.document_bytes(), (("Content-Type", "application/json"),), raw=True)
 
 
+def _ui(_: Server, __: http11.RequestHead, file: str, ___: bytes, ____: User) -> Reply:
+    """The dashboard (SPEC 13): `/ui` (and `/ui/`) is its page, `/ui/<file>` one of its other files."""
+    body, headers = ui.file(file or "index.html")
+    return Reply(200, body, headers, raw=True)
+
+
 def _users(server: Server, *_: Any) -> Reply:
     return _json([user.public() for user in server.users.all()])
 
@@ -292,6 +298,8 @@ ROUTES: list[RouteSpec] = [
     RouteSpec("GET", re.compile(r"/metrics"), _metrics, None, Access.METRICS),
     RouteSpec("GET", re.compile(r"/admin/me"), _me, None, Access.SELF),
     RouteSpec("GET", re.compile(r"/openapi\.json"), _openapi, None, Access.SELF),
+    RouteSpec("GET", re.compile(r"/ui"), _ui, None, Access.SELF),
+    RouteSpec("GET", re.compile(r"/ui/([^/]*)"), _ui, None, Access.SELF),
     RouteSpec("GET", re.compile(r"/admin/users"), _users, None, Access.USERS),
     RouteSpec("POST", re.compile(r"/admin/users"), _add_user, None, Access.USERS),
     RouteSpec("PATCH", _USER, _change_user, None, Access.USERS),

@@ -1,0 +1,335 @@
+"""The dashboard (SPEC 13): its files and their headers over plain HTTP, then the page itself in a real headless
+Chromium (Debian's, driven by Playwright) against the real server: deploy through the form, invoke, see the
+result and the new call, change a setting, roll back, delete; what functions return or print stays text; each
+role sees what it may use and asks for nothing else; and the page asks nothing of any other host.
+
+Screenshots of each state go to the test's tmp_path (their paths are printed: `pytest -s`). With
+TINYFAAS_SCREENSHOT_OUT=docs/dashboard.png the first browser test also writes the README's picture there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from harness import REPO, Server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOT_OUT = os.environ.get("TINYFAAS_SCREENSHOT_OUT")  # the README's picture, e.g. docs/dashboard.png
+EVIL = "<img src=x onerror=alert(1)>"
+PASSWORD = "a-long-password"
+UI = REPO / "tinyfaas_std" / "ui"
+
+RESIZE = """import time
+
+def main(width, height=100):
+    time.sleep(width / 20000)
+    print("resizing to", width, "x", height)
+    return {"width": width, "height": height}
+"""
+GREET = "def main(request):\n    return 'hello ' + request['path']\n"
+ADDER = "def main(a, b=0):\n    print('adding', a, b)\n    return a + b\n"
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Server]:
+    """A server with two functions that have a history, an invoker of both and a viewer."""
+    server = Server(tmp_path_factory.mktemp("ui"), wheels).start()
+    assert server.upload("resize", RESIZE).status == 200
+    assert server.upload("greet", GREET, fields={"calling": "http"}).status == 200
+    for width in (120, 480, 200, 900, 64, 640, 320, 1024, 150, 720):
+        assert server.call("resize", [width]).status == 200
+    assert server.call("resize", ["wide"]).status == 500
+    for path in ("/", "/world"):
+        assert server.request("GET", f"/function/greet{path}").status == 200
+    for name, role in (("inv", "invoker"), ("view", "viewer")):
+        doc = {"name": name, "password": PASSWORD, "role": role, "functions": ["resize", "greet"]}
+        assert server.request("POST", "/admin/users", json.dumps(doc)).status == 201
+    yield server
+    server.stop()
+
+
+# -- without a browser: the files and their headers ---------------------------------------------------------
+
+def test_the_page_needs_credentials_and_lets_the_browser_ask_for_them(ui_server: Server) -> None:
+    for path in ("/ui", "/ui/app.js", "/ui/nothing"):
+        resp = ui_server.request("GET", path, auth=None)
+        assert resp.status == 401 and resp.json["error"]["code"].startswith("auth_")
+        assert resp.headers["www-authenticate"] == 'Basic realm="Login Required"'
+
+
+@pytest.mark.parametrize("path, content_type", [
+    ("/ui", "text/html"), ("/ui/", "text/html"), ("/ui/index.html", "text/html"),
+    ("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css"), ("/ui/favicon.svg", "image/svg+xml"),
+])
+def test_each_file_is_served_with_strict_headers_and_head_works(ui_server: Server, path: str,
+                                                                 content_type: str) -> None:
+    resp = ui_server.request("GET", path)
+    assert resp.status == 200 and resp.raw
+    assert resp.headers["content-type"].split(";")[0] == content_type
+    assert resp.headers["content-security-policy"] == "default-src 'self'"
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.headers["cache-control"] == "no-cache"
+    assert int(resp.headers["content-length"]) == len(resp.raw)
+    head = ui_server.request("HEAD", path)
+    assert head.status == 200 and head.raw == b""
+    assert {k: v for k, v in head.headers.items()} == resp.headers
+
+
+def test_only_the_dashboards_own_files_are_served(ui_server: Server) -> None:
+    for path in ("/ui/x", "/ui/app.js.map", "/ui/ui.py", "/ui/..%2f__init__.py", "/ui/../routes.py", "/ui/a/b"):
+        resp = ui_server.request("GET", path)
+        assert resp.status == 404, path
+        assert resp.headers["content-type"] == "application/json" and resp.json["error"]["code"] == "path_not_found"
+    resp = ui_server.request("POST", "/ui", b"")
+    assert resp.status == 405 and resp.headers["allow"] == "GET"
+
+
+def test_the_files_hold_no_inline_code_and_name_no_other_host() -> None:
+    html = (UI / "index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script src="/ui/app.js" defer>']
+    assert not re.search(r"<style|\sstyle=|\son[a-z]+=", html)
+    script = (UI / "app.js").read_text()
+    assert not re.search(r"\.(innerHTML|outerHTML|insertAdjacentHTML)\b|document\.write|\beval\(|new Function", script)
+    for path in UI.iterdir():
+        hosts = set(re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}", path.read_text()))
+        assert hosts <= {"http://www.w3.org"}, path  # the SVG namespace is a name, never fetched
+
+
+# -- in the browser ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip("chromium is not installed: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class Visit:
+    """One user's page, and what it asked of the network and what went wrong in it along the way."""
+    page: Page
+    base: str
+    requests: list[str] = field(default_factory=list)
+    forbidden: list[str] = field(default_factory=list)   # answers 403: asked for what the role may not do
+    problems: list[str] = field(default_factory=list)    # script errors, CSP violations
+    dialogs: list[str] = field(default_factory=list)     # alert(), confirm(): none is expected
+
+    def assert_clean(self) -> None:
+        assert [url for url in self.requests if not url.startswith(self.base + "/")] == []
+        assert self.forbidden == [] and self.problems == [] and self.dialogs == []
+
+
+@pytest.fixture
+def visit(browser: Browser, ui_server: Server) -> Iterator[Callable[[str, str], Visit]]:
+    """Opens /ui as a user (the browser answers the Basic Auth prompt) and records what happens."""
+    contexts: list[BrowserContext] = []
+
+    def open_as(user: str, password: str) -> Visit:
+        context = browser.new_context(http_credentials={"username": user, "password": password},
+                                      viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        seen = Visit(page, f"http://127.0.0.1:{ui_server.port}")
+        page.on("request", lambda request: seen.requests.append(request.url))
+        page.on("response", lambda response: response.status == 403 and seen.forbidden.append(response.url))
+        page.on("pageerror", lambda error: seen.problems.append(str(error)))
+        page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
+                and seen.problems.append(message.text))
+        page.on("dialog", lambda dialog: (seen.dialogs.append(dialog.message), dialog.dismiss()))
+        response = page.goto(seen.base + "/ui")
+        assert response is not None and response.status == 200
+        assert response.headers["content-security-policy"] == "default-src 'self'"
+        expect(page.locator("#me")).to_contain_text(user)
+        return seen
+
+    yield open_as
+    for context in contexts:
+        context.close()
+
+
+def _shot(page: Page, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=path, full_page=True)
+    print(f"screenshot: {path}")
+
+
+def _invoke(page: Page, arguments: str) -> None:
+    page.locator("#invoke-form [name=args]").fill(arguments)
+    page.locator("#invoke-form button[type=submit]").click()
+
+
+def test_deploy_invoke_change_roll_back_and_delete_through_the_page(ui_server: Server, visit: Callable[..., Visit],
+                                                                    tmp_path: Path) -> None:
+    seen = visit("admin", "1234")
+    page = seen.page
+    expect(page.locator("#function-list [data-name=resize]")).to_contain_text("11 calls · 1 error")
+    expect(page.locator("#cpu-chart polyline.server")).to_have_count(1)  # live status, as inline SVG
+    expect(page.locator("#memory-now")).to_contain_text("MB")
+    _shot(page, tmp_path, "1-list")
+
+    page.click("#show-deploy")
+    form = page.locator("#deploy-form")
+    form.locator("[name=name]").fill("adder")
+    form.locator("[name=file]").set_input_files(files=[{"name": "adder.py", "mimeType": "text/x-python",
+                                                        "buffer": ADDER.encode()}])
+    form.locator("[name=env]").fill("GREETING=hello")
+    _shot(page, tmp_path, "2-deploy-form")
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#detail-name")).to_have_text("adder")
+    expect(page.locator("#function-list li.selected")).to_contain_text("adder")
+    expect(page.locator("#setting-env")).to_have_text("GREETING=hello")
+    assert ui_server.request("GET", "/admin/functions/adder").json["env"] == {"GREETING": "hello"}
+
+    calls = page.locator("#calls tbody tr")
+    expect(calls).to_have_count(0)
+    _invoke(page, "[2, 3]")
+    expect(page.locator("#invoke-result")).to_have_text("5")
+    expect(page.locator("#invoke-output")).to_contain_text("adding 2 3")
+    expect(page.locator("#invoke-duration")).to_have_text(re.compile(r"in \d+(\.\d+)? ms"))
+    expect(calls).to_have_count(1)
+    _invoke(page, '["two", 3]')
+    expect(page.locator("#invoke-status")).to_have_text("500")
+    expect(page.locator("#invoke-result")).to_contain_text("TypeError")
+    expect(calls).to_have_count(2)
+    expect(calls.first).to_have_class(re.compile(r"\berror\b"))  # newest first, in its status colour
+    expect(calls.last).to_have_class(re.compile(r"\bok\b"))
+    expect(page.locator("#duration-chart rect.bar.ok")).to_have_count(1)
+    expect(page.locator("#duration-chart rect.bar.error")).to_have_count(1)
+    logged = [record["id"] for record in ui_server.request("GET", "/admin/logs/adder").json]
+    assert [calls.nth(i).get_attribute("data-id") for i in (1, 0)] == logged
+    _shot(page, tmp_path, "3-invoked")
+    if SCREENSHOT_OUT:
+        _readme_picture(page)
+
+    patch = page.locator("#patch-form")
+    patch.locator("[name=key]").select_option("timeout")
+    patch.locator("[name=value]").fill("7")
+    patch.locator("button").click()
+    expect(page.locator("#setting-timeout")).to_have_text("7 s")
+    expect(page.locator("#detail-badges")).to_contain_text("v2")
+    assert ui_server.request("GET", "/admin/functions/adder").json["timeout"] == 7
+    patch.locator("[name=key]").select_option("env")
+    patch.locator("[name=value]").fill("GREETING=bye")
+    patch.locator("button").click()
+    expect(page.locator("#setting-env")).to_have_text("GREETING=bye")
+    expect(page.locator("#versions tbody tr")).to_have_count(3)
+    _shot(page, tmp_path, "4-patched")
+
+    page.click("#versions button[data-version='1']")  # not the default (the one before the live one: v2)
+    expect(page.locator("#versions tr.live")).to_contain_text("v1")
+    expect(page.locator("#setting-timeout")).to_have_text("30 s")
+    expect(page.locator("#setting-env")).to_have_text("GREETING=hello")
+    described = ui_server.request("GET", "/admin/functions/adder").json
+    assert (described["version"], described["timeout"], described["env"]) == ("1", 30, {"GREETING": "hello"})
+    _shot(page, tmp_path, "5-rolled-back")
+
+    page.click("#delete")
+    page.click("#delete-yes")
+    expect(page.locator("#function-list [data-name=adder]")).to_have_count(0)
+    expect(page.locator("#detail")).to_be_hidden()
+    assert ui_server.request("GET", "/admin/functions/adder").status == 404
+    _shot(page, tmp_path, "6-deleted")
+    seen.assert_clean()
+
+
+def _readme_picture(page: Page) -> None:
+    """The README's picture: a function with a history, a call just made, a few status samples."""
+    page.click("#function-list [data-name=resize]")
+    expect(page.locator("#calls tbody tr")).to_have_count(11)
+    _invoke(page, "[800, 600]")
+    expect(page.locator("#invoke-output")).to_contain_text("resizing to 800 x 600")
+    four_samples = re.compile(r"^(\S+ ){3}\S+")  # (the page's CSP forbids wait_for_function's eval)
+    expect(page.locator("#cpu-chart polyline.server")).to_have_attribute("points", four_samples, timeout=20_000)
+    out = REPO / SCREENSHOT_OUT if not os.path.isabs(SCREENSHOT_OUT or "") else Path(SCREENSHOT_OUT or "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=out)
+    print(f"README picture: {out}")
+    page.click("#function-list [data-name=adder]")
+    expect(page.locator("#detail-name")).to_have_text("adder")
+
+
+def test_what_functions_return_or_print_is_shown_as_text(ui_server: Server, visit: Callable[..., Visit],
+                                                         tmp_path: Path) -> None:
+    assert ui_server.upload("evil", f"def main():\n    print({EVIL!r})\n    return {EVIL!r}\n").status == 200
+    assert ui_server.upload("evil_error", f"def main():\n    raise ValueError({EVIL!r})\n").status == 200
+    page_source = f"def main(request):\n    return {{'statusCode': 200, 'headers': {{'Content-Type': 'text/html'}}, 'body': {EVIL!r}}}\n"
+    assert ui_server.upload("evil_page", page_source, fields={"calling": "http"}).status == 200
+    seen = visit("admin", "1234")
+    page = seen.page
+
+    page.click("#function-list [data-name=evil]")
+    _invoke(page, "")
+    expect(page.locator("#invoke-result")).to_have_text(EVIL)
+    expect(page.locator("#invoke-output")).to_have_text(EVIL)
+    expect(page.locator("#calls tbody tr").first).to_contain_text(EVIL)
+    page.locator("#calls tbody tr").first.click()
+    expect(page.locator("#call-detail")).to_contain_text(EVIL)
+
+    page.click("#function-list [data-name=evil_error]")
+    _invoke(page, "")
+    expect(page.locator("#invoke-result")).to_contain_text(f"ValueError: {EVIL}")
+
+    page.click("#function-list [data-name=evil_page]")
+    expect(page.locator("#http-box")).to_be_visible()
+    page.locator("#invoke-form [name=method]").select_option("GET")
+    page.locator("#invoke-form button[type=submit]").click()
+    expect(page.locator("#invoke-result")).to_have_text(EVIL)
+    expect(page.locator("#calls tbody tr").first).to_contain_text(EVIL)
+    _shot(page, tmp_path, "text-not-markup")
+
+    assert page.locator("img").count() == 0
+    seen.assert_clean()  # no dialog among the rest
+
+
+def test_an_invoker_gets_an_invoke_box_and_nothing_to_change(visit: Callable[..., Visit], tmp_path: Path) -> None:
+    seen = visit("inv", PASSWORD)
+    page = seen.page
+    expect(page.locator("#card-invoke")).to_be_visible()
+    expect(page.locator("#invoke-form [name=function]")).to_have_value("resize")
+    for part in ("#sidebar", "#show-deploy", "#deploy-form", "#delete-box", "#card-settings", "#patch-form",
+                 "#card-versions", "#card-calls", "#server-status"):
+        expect(page.locator(part)).to_be_hidden()
+    _invoke(page, "[40]")
+    expect(page.locator("#invoke-status")).to_have_text("200")
+    expect(page.locator("#invoke-result")).to_contain_text('"width": 40')
+    expect(page.locator("#invoke-output-box")).to_be_hidden()  # the log is not the invoker's to read
+
+    page.locator("#invoke-form [name=function]").fill("greet")
+    page.locator("#invoke-form [name=calling]").select_option("http")
+    page.locator("#invoke-form [name=path]").fill("/there")
+    page.locator("#invoke-form button[type=submit]").click()
+    expect(page.locator("#invoke-result")).to_have_text("hello /there")
+    expect(page.locator("#versions button")).to_have_count(0)
+    _shot(page, tmp_path, "invoker")
+    seen.assert_clean()  # and no 403: the page asked only for what an invoker may do
+
+
+def test_a_viewer_sees_functions_calls_and_status_and_can_change_nothing(visit: Callable[..., Visit],
+                                                                          tmp_path: Path) -> None:
+    seen = visit("view", PASSWORD)
+    page = seen.page
+    page.click("#function-list [data-name=resize]")
+    expect(page.locator("#calls tbody tr").first).to_be_visible()
+    expect(page.locator("#duration-chart rect.bar").first).to_be_visible()
+    expect(page.locator("#setting-calling")).to_have_text("args")
+    expect(page.locator("#versions tr.live")).to_contain_text("v1")
+    expect(page.locator("#memory-chart polyline")).to_have_count(2)
+    for part in ("#show-deploy", "#card-invoke", "#patch-form", "#delete-box"):
+        expect(page.locator(part)).to_be_hidden()
+    expect(page.locator("#versions button")).to_have_count(0)
+    _shot(page, tmp_path, "viewer")
+    seen.assert_clean()
