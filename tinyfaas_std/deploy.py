@@ -36,7 +36,7 @@ from .logs import FunctionLog, LogStore
 from .sandbox import Sandbox, WorkerSpec
 from .state import FunctionRecord, Registry, SecretStore, Version
 from .venvs import VenvBuilder, parse_requirements
-from .workers import Pool, StartFailed, Worker
+from .workers import Pool, StartFailed, Worker, start_worker
 
 __all__ = ["Deployer", "Lifecycle", "NAME_PATTERN", "check_name"]
 
@@ -289,15 +289,10 @@ class Deployer:
             self._scratch(record)
         self._sandbox.prepare_scratch(scratch, record.uid)
         effective = self._effective(version)
-
-        def start(channel: int, capture: tuple[Path, Path]) -> Any:
-            spec = WorkerSpec(function=record.name, version=version.version, uid=record.uid, python=venv.python,
-                              venv=venv.path, code=code, scratch=scratch, env=env, memory_mb=effective["memory_mb"],
-                              args=(str(code / "func.py"), *map(str, capture), version.calling, record.name,
-                                    version.version))
-            return self._sandbox.start(spec, channel)
-
-        return Worker(start, scratch, timeout=effective["timeout"], max_body=self.config.max_body_bytes)
+        spec = WorkerSpec(function=record.name, version=version.version, uid=record.uid, python=venv.python,
+                          venv=venv.path, code=code, scratch=scratch, calling=version.calling, env=env,
+                          memory_mb=effective["memory_mb"])
+        return start_worker(self._sandbox, spec, timeout=effective["timeout"], max_body=self.config.max_body_bytes)
 
     def _effective(self, version: Version) -> dict[str, Any]:
         """The version's own limits, or the server's flags where it has none."""
