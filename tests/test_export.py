@@ -303,12 +303,14 @@ def test_knative_yaml_is_a_service_with_the_functions_settings(exports: dict[str
     assert doc["metadata"]["name"] == "ex-args"
     spec = doc["spec"]["template"]["spec"]
     assert spec["containerConcurrency"] == 2 and spec["timeoutSeconds"] == 5
+    assert type(spec["containerConcurrency"]) is int and type(spec["timeoutSeconds"]) is int  # as Knative reads them
     (container,) = spec["containers"]
     assert container["image"] == "REGISTRY/ex-args:latest"
     assert container["resources"]["limits"]["memory"] == "256Mi"
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["ports"] == [{"containerPort": 8080}]
     env = {item["name"]: item for item in container["env"]}
+    assert len(env) == len(container["env"]) == 3  # each name once: a secret is never also a value
     assert env["UNITS"] == {"name": "UNITS", "value": "metric"} and env["NOTE"]["value"] == NOTE
     assert env["API_KEY"] == {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "ex-args-secrets",
                                                                                "key": "API_KEY"}}}
@@ -492,6 +494,22 @@ def test_each_call_is_a_json_line_on_stdout(ones: dict[str, One]) -> None:
     records = [json.loads(line) for line in ones["ex-http"].out.read_text().splitlines()[1:]]
     record = next(r for r in records if r["id"] == call_id)
     assert record["function"] == "ex-http" and record["status"] == "ok" and record["request"]["path"] == "/text"
+
+
+def test_settings_from_the_folder_env_from_the_platform_and_secrets_by_name(exports: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    from tinyfaas_std import serve_one
+
+    keys = tmp_path / "keys"  # a Kubernetes Secret as OpenFaaS mounts it: a file per key
+    keys.mkdir()
+    (keys / "API_KEY").write_text("from-a-file\n")
+    function = serve_one.load(exports["ex-args"], {"UNITS": "imperial", "OTHER": "x"}, keys)
+    assert function.env == {"UNITS": "imperial", "NOTE": NOTE} and function.secrets == {"API_KEY": "from-a-file"}
+    assert (function.name, function.version, function.calling) == ("ex-args", "1", "args")
+    assert (function.timeout, function.memory_mb, function.max_workers) == (5.0, 256, 2)
+    assert serve_one.load(exports["ex-args"], {"API_KEY": "env-wins"}, keys).secrets == {"API_KEY": "env-wins"}
+    with pytest.raises(serve_one.FolderError, match="the secret API_KEY is not set"):
+        serve_one.load(exports["ex-args"], {}, tmp_path / "none")
 
 
 def test_serve_one_runs_the_runtime_copied_into_the_folder(exports: dict[str, Path]) -> None:
