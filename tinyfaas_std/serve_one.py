@@ -97,8 +97,9 @@ def load(folder: Path, environ: Mapping[str, str], secrets_dir: Path) -> Functio
     if missing or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise FolderError(f"{export.SETTINGS_FILE}: missing {', '.join(missing) or 'a list of secret names'}")
     env = doc.get("env", {})
-    if isinstance(env, dict):  # the platform's value wins: it is how a manifest changes a setting
-        env = {key: environ.get(key, value) for key, value in env.items()}
+    if not isinstance(env, dict) or not all(isinstance(value, str) for value in env.values()):
+        raise FolderError(f"{export.SETTINGS_FILE}: env must be an object of names and string values")
+    env = {key: environ.get(key, value) for key, value in env.items()}  # the platform's value wins (a manifest's)
     secrets = _secrets(names, environ, secrets_dir, str(doc.get("secret_name", "")))
     try:
         check_name(str(doc["name"]))
