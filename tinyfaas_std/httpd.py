@@ -2,10 +2,11 @@
 
 Strategy: the handler reads the socket itself into a buffer with a deadline (`--client-timeout`), hands the head
 to the pure, strict parser in `http11`, authenticates before anything else (auth.py; a throttled address first
-gets 429), finds the route in the table of routes.py, authorises the user for it (users.py), reads the body only
-within the route's size limit, runs the route (which calls the core), and writes each response (head and body)
-with one `sendall`, so Nagle and delayed ACK never stall keep-alive. The stdlib's `email.parser` header path is
-not used: it is lenient (it lets malformed framing through) and costs about half the server's CPU per call.
+gets 429), finds the route in its server's table (routes.py's; serve-one has its own), authorises the user for it
+(users.py), reads the body only within the route's size limit, runs the route (which calls the core), and writes
+each response (head and body) with one `sendall`, so Nagle and delayed ACK never stall keep-alive. The stdlib's
+`email.parser` header path is not used: it is lenient (it lets malformed framing through) and costs about half the
+server's CPU per call.
 
 Every request passes through `_respond`, the one error boundary: a `FaasError` becomes its own status and JSON
 body; anything else is logged with its traceback and answered with a generic 500. Errors that leave the
