@@ -206,20 +206,21 @@ def ones(exports: dict[str, Path], worker_python: str) -> Iterator[dict[str, One
     secrets_dir.mkdir()
     (secrets_dir / export.secret_name("ex-event")).write_text(f"# faas-cli secret create --from-file\n"
                                                               f"API_KEY={SECRET}\n")
-    started = {
-        "ex-args": serve_one(exports["ex-args"], worker_python, {"API_KEY": SECRET, "TINYFAAS_USERNAME": ONE_AUTH[0],
-                                                                  "TINYFAAS_PASSWORD": ONE_AUTH[1]}),
-        "ex-event": serve_one(exports["ex-event"], worker_python, {}, "--secrets-dir", str(secrets_dir)),
-        "ex-http": serve_one(exports["ex-http"], worker_python, {"API_KEY": SECRET}),
+    starts = {
+        "ex-args": ({"API_KEY": SECRET, "TINYFAAS_USERNAME": ONE_AUTH[0], "TINYFAAS_PASSWORD": ONE_AUTH[1]}, ()),
+        "ex-event": ({}, ("--secrets-dir", str(secrets_dir))),
+        "ex-http": ({"API_KEY": SECRET}, ()),
     }
-    ones = {name: one for name, one in started.items() if isinstance(one, One)}
-    ones["ex-args"].auth = _basic(*ONE_AUTH)
-    yield ones
-    codes = {}
-    for name, one in ones.items():
-        one.proc.send_signal(signal.SIGTERM)
-    for name, one in ones.items():
-        codes[name] = one.proc.wait(30)
+    ones: dict[str, One] = {}
+    try:
+        for name, (env, args) in starts.items():
+            ones[name] = serve_one(exports[name], worker_python, env, *args)  # type: ignore[assignment]
+        ones["ex-args"].auth = _basic(*ONE_AUTH)
+        yield ones
+    finally:  # also when a later one failed to start: none is left running
+        for one in ones.values():
+            one.proc.send_signal(signal.SIGTERM)
+        codes = {name: one.proc.wait(30) for name, one in ones.items()}
     assert codes == {name: 0 for name in ones}, {name: one.err.read_text()[-2000:] for name, one in ones.items()}
 
 
