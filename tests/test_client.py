@@ -244,12 +244,10 @@ def test_credentials_from_netrc(server: Server, tmp_path: Path) -> None:
 
 def test_usage_errors_exit_2(server: Server, tmp_path: Path) -> None:
     for args in (["invoke"], ["deploy", "x"], ["logs", "x", "-n", "-1"], ["deploy", "x", str(tmp_path / "none.py")],
-                 ["deploy", "x", _source(tmp_path, "add.py", ADD), "--env", "NOEQUALS"], ["ls", "--bogus"]):
+                 ["deploy", "x", _source(tmp_path, "add.py", ADD), "--env", "NOEQUALS"], ["ls", "--bogus"],
+                 ["export", "x"]):
         done = tf(server.port, *args)
         assert done.returncode == 2 and done.stderr and done.stdout == "", args
-    for later in ("export",):
-        done = tf(server.port, later, "list")
-        assert done.returncode == 2 and "not available yet" in done.stderr
     bad_url = tf(server.port, "ls", url="ftp://127.0.0.1")
     assert bad_url.returncode == 2 and "--url" in bad_url.stderr
 

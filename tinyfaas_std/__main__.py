@@ -11,7 +11,7 @@ import sys
 import threading
 from types import FrameType
 
-from . import client, users
+from . import client, serve_one, users
 from .config import DEFAULT_PASSWORD, parse_config
 from .faas import FunctionManager
 from .httpd import make_server
@@ -98,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """`tinyfaas` and `python -m tinyfaas_std`: a client verb first runs the client (SPEC 12); `serve`, no verb or
-    only flags serve."""
+    """`tinyfaas` and `python -m tinyfaas_std`: a client verb first runs the client (SPEC 12); `serve-one DIR` serves
+    an exported function (SPEC 14); `serve`, no verb or only flags serve."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["users"]:
         return users.cli(argv[1:])
+    if argv[:1] == ["serve-one"]:
+        return serve_one.main(argv[1:])
     if argv and argv[0] in client.NAMES:
         return client.main(argv)
     return main(argv[1:] if argv[:1] == ["serve"] else argv)

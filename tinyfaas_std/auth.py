@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from .errors import Unauthorized
 from .users import User, UserStore, hash_password, verify_password
 
-__all__ = ["Credentials", "parse_basic_auth", "Authenticator"]
+__all__ = ["Credentials", "parse_basic_auth", "Authenticator", "NoAuth"]
 
 CACHE_SIZE = 4096   # verified headers remembered: more distinct callers than this re-verify now and then
 
@@ -98,3 +98,13 @@ class Authenticator:
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return user
+
+
+class NoAuth:
+    """Lets every request in, as an invoker: `serve-one` started without credentials, behind a platform that
+    decides who may reach it (SPEC 14). An invoker may call, which is all serve-one serves."""
+
+    _anyone = User("anyone", "invoker")
+
+    def check(self, value: str | None) -> User:
+        return self._anyone

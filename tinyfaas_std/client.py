@@ -5,7 +5,8 @@ a table or text for people or, with `--json`, the server's JSON exactly as it ca
 no state: the server's address, the credentials and the TLS context travel in one frozen `Target`. Failures are
 exceptions carrying their exit status (`ClientError` 3: the server refused or could not be reached; `UsageError` 2),
 turned into a message and a status in `main` only. Exit status 1 is an answer, not an error: the function failed.
-Standard library only; it never imports the server's modules.
+Standard library only; of the server's modules it imports only `archive.py` (pure), to unpack an export as safely
+as the server unpacks an upload.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlencode, urlsplit
 
+from . import archive
+from .errors import FaasError
+
 __all__ = ["NAMES", "VERBS", "main"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -37,7 +41,8 @@ FOLLOW_SEEN = 10_000            # ids `logs --follow` remembers to skip repeats 
 FUNCTION_FAILED = {500, 502, 504}   # the function raised, crashed or ran past its timeout (SPEC 5)
 NUMERIC = {"timeout", "memory_mb", "max_workers"}
 SKIPPED = {"__pycache__", ".git", ".hg", ".svn", ".venv", ".mypy_cache", ".pytest_cache"}  # left out by `deploy`
-LATER = ("export",)     # verbs of SPEC 12 and 14 this client does not have yet
+MAX_EXPORT_MB = 256     # unpacked, at most: a function's files are bounded by the server's --max-upload-mb (16 by
+                        # default); this bounds what a server that is not one could make `export` write
 
 
 class ClientError(Exception):
@@ -396,6 +401,40 @@ def set_(target: Target, args: argparse.Namespace) -> int:
     return 0
 
 
+def export(target: Target, args: argparse.Namespace) -> int:
+    """SPEC 14: the function's export folder, from `GET /admin/functions/<name>/export`, into a new or empty DIR."""
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} is not an empty folder: export writes into a new or empty one")
+    answer = target.admin("GET", _fn(args.name, "export"), timeout=None)  # it waits for a change in progress
+    try:
+        bundle = archive.unpack(answer.body, max_bytes=MAX_EXPORT_MB * 1024 * 1024)
+    except FaasError as exc:
+        raise ClientError(f"the server's export is not a safe archive: {exc.message}") from None
+    if not bundle.archive:
+        raise ClientError("the server's answer is not an archive")
+    try:
+        _write_tree(out, bundle.files)
+    except OSError as exc:
+        raise UsageError(f"{out}: {exc}") from None
+    if args.json:
+        print(json.dumps({"name": args.name, "out": str(out), "files": sorted(bundle.files)}))
+    else:
+        print(f"{args.name}: exported to {out} ({len(bundle.files)} files); {out / 'README.md'} says what next")
+    return 0
+
+
+def _write_tree(out: Path, files: dict[str, bytes]) -> None:
+    """Write clean relative paths (archive.py checked them) under `out`, never over an existing file or link."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path, data in sorted(files.items()):
+        target = out.joinpath(*path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "wb") as f:
+            f.write(data)
+
+
 def status(target: Target, args: argparse.Namespace) -> int:
     _emit(args, target.admin("GET", "/admin/status"), _fields)
     return 0
@@ -403,8 +442,8 @@ def status(target: Target, args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
     "deploy": deploy, "invoke": invoke, "ls": ls, "describe": describe, "logs": logs, "rm": rm,
-    "versions": versions, "rollback": rollback, "set": set_, "status": status}
-NAMES = frozenset(VERBS) | frozenset(LATER)   # the first arguments `__main__` hands to this client
+    "versions": versions, "rollback": rollback, "set": set_, "status": status, "export": export}
+NAMES = frozenset(VERBS)   # the first arguments `__main__` hands to this client
 
 
 def _count(text: str) -> int:
@@ -455,15 +494,15 @@ def _parser(environ: dict[str, str]) -> argparse.ArgumentParser:
     verb("set", "change settings: timeout=5 memory_mb=null env.X=v secret.X=null calling=event schedule='@daily'",
          "name").add_argument("settings", nargs="+", metavar="KEY=VALUE")
     verb("status", "the resources of the server and its workers")
+    p = verb("export", "write what runs the function on Knative or OpenFaaS (SPEC 14) into a new or empty folder",
+             "name")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new, or empty)")
     return parser
 
 
 def main(argv: list[str], environ: dict[str, str] | None = None) -> int:
     """Run one verb (`argv` starts with it) and return the exit status."""
     environ = dict(os.environ if environ is None else environ)
-    if argv and argv[0] in LATER:
-        print(f"tinyfaas: '{argv[0]}' is not available yet in this client", file=sys.stderr)
-        return 2
     args = _parser(environ).parse_args(argv)
     try:
         return VERBS[args.verb](_target(args, environ), args)

@@ -1,7 +1,8 @@
 """Settings: one frozen `Config` built from the command line, with every flag also read from `TINYFAAS_<FLAG>`.
 
 Precedence: a flag on the command line beats the environment, which beats the default. Nothing else in the
-package reads `os.environ` for settings.
+package reads `os.environ` for settings. `serve-one` (SPEC 14) takes a few of the same flags, and reads what a
+container platform sets: `PORT`, and `TINYFAAS_USERNAME`/`TINYFAAS_PASSWORD` for optional Basic Auth.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .callbacks import parse_allow
 
-__all__ = ["Config", "parse_config", "DEFAULT_PASSWORD"]
+__all__ = ["Config", "parse_config", "DEFAULT_PASSWORD", "ServeOneConfig", "parse_serve_one"]
 
 DEFAULT_USERNAME = "admin"
 DEFAULT_PASSWORD = "1234"  # the original design's default; the server warns when it guards a public address
@@ -110,9 +113,19 @@ _FLAGS: dict[str, tuple[type, str]] = {
 
 def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
-    defaults = Config()
     parser = argparse.ArgumentParser(prog="python -m tinyfaas_std", description="A single-host FaaS server.")
-    for name, (kind, help_text) in _FLAGS.items():
+    _add_flags(parser, _FLAGS, environ)
+    ns = parser.parse_args(argv)
+    config = Config(**_values(parser, ns, _FLAGS), access_log=ns.access_log)
+    _check(parser, config)
+    return config
+
+
+def _add_flags(parser: argparse.ArgumentParser, names: Iterable[str], environ: Mapping[str, str]) -> None:
+    """`--flag` for each of `names`, its default from TINYFAAS_<FLAG> or Config; and --access-log."""
+    defaults = Config()
+    for name in names:
+        kind, help_text = _FLAGS[name]
         env_name = "TINYFAAS_" + name.upper()
         default = environ.get(env_name, getattr(defaults, name))
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
@@ -121,15 +134,21 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=access_default,
                         help="log one line per request on stderr: client, method, path, status, bytes, "
                              "milliseconds, call id (env TINYFAAS_ACCESS_LOG=1)")
-    ns = parser.parse_args(argv)
+
+
+def _values(parser: argparse.ArgumentParser, ns: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     values = {}
-    for name, (kind, _) in _FLAGS.items():
-        raw = getattr(ns, name)
+    for name in names:
+        kind, raw = _FLAGS[name][0], getattr(ns, name)
         try:
             values[name] = kind(raw)  # environment values arrive as strings
         except ValueError:
             parser.error(f"TINYFAAS_{name.upper()}: invalid {kind.__name__} value {raw!r}")
-    config = Config(**values, access_log=ns.access_log)
+    return values
+
+
+def _check(parser: argparse.ArgumentParser, config: Config) -> None:
+    """Refuse values no server could run with (argparse's error: exit status 2 with the reason)."""
     for name in ("timeout", "client_timeout", "max_upload_mb", "max_body_mb", "idle_timeout", "pip_timeout"):
         value = getattr(config, name)
         if not (0 < value < 1e9):  # also refuses nan and inf
@@ -160,4 +179,58 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     if not re.fullmatch(r"[0-9]{1,10}-[0-9]{1,10}", config.uid_range) or not (
             1000 <= config.uids.start < config.uids.stop <= 2**32 - 2):
         parser.error("--uid-range must be LOW-HIGH with 1000 <= LOW <= HIGH < 4294967295")
-    return config
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOneConfig:
+    """`serve-one DIR` (SPEC 14): the export folder, the workers' interpreter, where OpenFaaS mounts secrets, whether
+    call records go to stdout, the Basic Auth credentials (None: none asked), and in `server` the settings it shares
+    with the server (address, HTTP limits, containment)."""
+    folder: Path
+    python: str
+    secrets_dir: Path
+    call_log: bool
+    credentials: tuple[str, str] | None
+    server: Config
+
+
+# the server's flags that mean the same for serve-one; the function's own limits come from its tinyfaas.json
+_SERVE_ONE_FLAGS = ("host", "client_timeout", "max_body_mb", "max_connections", "max_queue", "grace", "isolation",
+                    "uid_range", "max_processes", "max_file_mb")
+
+
+def parse_serve_one(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServeOneConfig:
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="python -m tinyfaas_std serve-one",
+                                     description="Serve one function from a folder written by `export` (SPEC 14). "
+                                                 "Basic Auth when TINYFAAS_PASSWORD is set (user TINYFAAS_USERNAME, "
+                                                 "default admin); none otherwise.")
+    parser.add_argument("folder", type=Path, help="the export folder: func.py and tinyfaas.json")
+    parser.add_argument("--port", type=int, default=environ.get("PORT", 8080),
+                        help="port to listen on, 0 picks a free one (env PORT, which Knative sets; default 8080)")
+    parser.add_argument("--python", default=environ.get("TINYFAAS_PYTHON", sys.executable),
+                        help="the interpreter the workers run, which has the function's requirements (env "
+                             "TINYFAAS_PYTHON; default: this one, as in the exported image)")
+    parser.add_argument("--secrets-dir", type=Path,
+                        default=environ.get("TINYFAAS_SECRETS_DIR", "/var/openfaas/secrets"),
+                        help="where secrets not in the environment are read from, as OpenFaaS mounts them (env "
+                             "TINYFAAS_SECRETS_DIR; default %(default)s)")
+    parser.add_argument("--call-log", choices=("stdout", "off"), default=environ.get("TINYFAAS_CALL_LOG", "stdout"),
+                        help="each call's record as one JSON line on stdout, for the platform's log, or not (env "
+                             "TINYFAAS_CALL_LOG; default %(default)s)")
+    _add_flags(parser, _SERVE_ONE_FLAGS, environ)
+    ns = parser.parse_args(argv)
+    if ns.call_log not in ("stdout", "off"):
+        parser.error("TINYFAAS_CALL_LOG must be stdout or off")
+    username, password = environ.get("TINYFAAS_USERNAME", ""), environ.get("TINYFAAS_PASSWORD", "")
+    if username and not password:
+        parser.error("TINYFAAS_USERNAME is set without TINYFAAS_PASSWORD: set both for Basic Auth, or neither")
+    # No throttle of failed logins: behind a platform's proxy every client comes from the proxy's address.
+    config = Config(**_values(parser, ns, _SERVE_ONE_FLAGS), port=ns.port, access_log=ns.access_log,
+                    max_failed_logins=0)
+    _check(parser, config)
+    if not 0 <= config.port <= 65535:
+        parser.error("--port (or PORT) must be 0-65535")
+    return ServeOneConfig(folder=ns.folder, python=ns.python, secrets_dir=ns.secrets_dir,
+                          call_log=ns.call_log == "stdout",
+                          credentials=(username or DEFAULT_USERNAME, password) if password else None, server=config)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import archive, settings
+from . import archive, export, settings
 from .config import Config
 from .errors import BadRequest, Conflict, FaasError, NotFound, ServiceUnavailable, Unprocessable, WorkerCrashed
 from .live import Live, LiveTable, shutting_down
@@ -36,7 +36,7 @@ from .logs import FunctionLog, LogStore
 from .sandbox import Sandbox, WorkerSpec
 from .state import FunctionRecord, Registry, SecretStore, Version
 from .venvs import VenvBuilder, parse_requirements
-from .workers import Pool, StartFailed, Worker
+from .workers import Pool, StartFailed, Worker, start_worker
 
 __all__ = ["Deployer", "Lifecycle", "NAME_PATTERN", "check_name"]
 
@@ -229,6 +229,26 @@ class Deployer:
     def names(self) -> list[str]:
         return self._registry.names()
 
+    def export_source(self, name: str) -> export.Source:
+        """What an export of `name` is made of (SPEC 14): its live version's files, requirements and settings, and
+        the names of its secrets (their values never leave the secret store). Read under the name's lock, so that
+        no change or collection removes the folder meanwhile: an export waits for a change in progress."""
+        self._table.get(name)  # 404 before waiting for the lock
+        with self._name_lock(name):
+            record = self._registry.get(name)
+            if record is None:
+                raise NotFound(f"no function named {name[:80]!r}", code="function_not_found")
+            version = record.current
+            secrets = tuple(sorted(self._secrets.get(name)))
+            files = _read_files(self._folder(name) / version.code)
+        effective = self._effective(version)
+        return export.Source(
+            name=name, version=version.version, created=version.created, calling=version.calling,
+            env={key: value for key, value in version.env.items() if key not in secrets},  # a secret shadows
+            secrets=secrets, requirements=tuple(version.requirements), timeout=effective["timeout"],
+            memory_mb=effective["memory_mb"], max_workers=effective["max_workers"], schedule=version.schedule,
+            files=files)
+
     # -- collection --------------------------------------------------------------------------------------------
 
     def collect_garbage(self, names: list[str] | None = None) -> None:
@@ -289,15 +309,10 @@ class Deployer:
             self._scratch(record)
         self._sandbox.prepare_scratch(scratch, record.uid)
         effective = self._effective(version)
-
-        def start(channel: int, capture: tuple[Path, Path]) -> Any:
-            spec = WorkerSpec(function=record.name, version=version.version, uid=record.uid, python=venv.python,
-                              venv=venv.path, code=code, scratch=scratch, env=env, memory_mb=effective["memory_mb"],
-                              args=(str(code / "func.py"), *map(str, capture), version.calling, record.name,
-                                    version.version))
-            return self._sandbox.start(spec, channel)
-
-        return Worker(start, scratch, timeout=effective["timeout"], max_body=self.config.max_body_bytes)
+        spec = WorkerSpec(function=record.name, version=version.version, uid=record.uid, python=venv.python,
+                          venv=venv.path, code=code, scratch=scratch, calling=version.calling, env=env,
+                          memory_mb=effective["memory_mb"])
+        return start_worker(self._sandbox, spec, timeout=effective["timeout"], max_body=self.config.max_body_bytes)
 
     def _effective(self, version: Version) -> dict[str, Any]:
         """The version's own limits, or the server's flags where it has none."""
@@ -429,6 +444,13 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
+
+
+def _read_files(folder: Path) -> dict[str, bytes]:
+    """A version's files as uploaded: the regular files of its folder, without what Python's imports left there
+    (`__pycache__`, written when a worker may write its code folder)."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and not path.is_symlink() and "__pycache__" not in path.relative_to(folder).parts}
 
 
 def _text(data: bytes, what: str) -> str:

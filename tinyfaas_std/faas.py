@@ -14,10 +14,13 @@ by a worker of the function's own venv interpreter, in its sandbox.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
+from . import export
 from .callbacks import parse_allow
 from .calls import Answer, Caller
 import psutil
@@ -104,6 +107,12 @@ class FunctionManager:
     def delete(self, name: str) -> dict[str, str]:
         return self._deployer.delete(name)
 
+    def export(self, name: str) -> tuple[bytes, str]:
+        """SPEC 14: the live version as an export folder (export.py), packed: (the .tar.gz, its file name)."""
+        source = self._deployer.export_source(name)
+        files = export.build(source, export.runtime_files(), sys.version_info[:2], _psutil_requirement())
+        return export.pack(files, source.created), export.filename(source)
+
     # -- calls -------------------------------------------------------------------------------------------------
 
     def invoke(self, name: str, method: str, path: str, query: str, headers: dict[str, str],
@@ -165,3 +174,11 @@ class FunctionManager:
         calls that have not started stay on disk for the next start."""
         self._scheduler.stop()
         self._table.close(grace)
+
+
+def _psutil_requirement() -> str:
+    """psutil as the runtime of an export needs it: the version this server runs with."""
+    try:
+        return f"psutil=={importlib.metadata.version('psutil')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without installed metadata
+        return "psutil>=5.9"

@@ -2,10 +2,11 @@
 
 Strategy: the handler reads the socket itself into a buffer with a deadline (`--client-timeout`), hands the head
 to the pure, strict parser in `http11`, authenticates before anything else (auth.py; a throttled address first
-gets 429), finds the route in the table of routes.py, authorises the user for it (users.py), reads the body only
-within the route's size limit, runs the route (which calls the core), and writes each response (head and body)
-with one `sendall`, so Nagle and delayed ACK never stall keep-alive. The stdlib's `email.parser` header path is
-not used: it is lenient (it lets malformed framing through) and costs about half the server's CPU per call.
+gets 429), finds the route in its server's table (routes.py's; serve-one has its own), authorises the user for it
+(users.py), reads the body only within the route's size limit, runs the route (which calls the core), and writes
+each response (head and body) with one `sendall`, so Nagle and delayed ACK never stall keep-alive. The stdlib's
+`email.parser` header path is not used: it is lenient (it lets malformed framing through) and costs about half the
+server's CPU per call.
 
 Every request passes through `_respond`, the one error boundary: a `FaasError` becomes its own status and JSON
 body; anything else is logged with its traceback and answered with a generic 500. Errors that leave the
@@ -33,21 +34,22 @@ import traceback
 from collections.abc import Generator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from . import http11, throttle
-from .auth import Authenticator
+from .auth import Authenticator, NoAuth
 from .config import Config
 from .errors import (BadRequest, FaasError, Forbidden, HeaderFieldsTooLarge, InternalError, LengthRequired,
                      PayloadTooLarge, RequestTimeout, ServiceUnavailable, TooManyRequests, UriTooLong)
 from .faas import FunctionManager
+from .metrics import Metrics
 from .peers import UNKNOWN, peer_uid
-from .routes import PUBLIC, Reply, allow, find_route
+from .routes import PUBLIC, ROUTES, Reply, RouteSpec, allow, find_route
 from .sockets import set_timeouts
 from .status import Sampler
 from .users import User, UserStore
 
-__all__ = ["Server", "Handler", "make_server"]
+__all__ = ["HttpServer", "Server", "Handler", "Core", "make_server", "configure_socket", "tls_context"]
 
 log = logging.getLogger("tinyfaas_std")
 
@@ -70,23 +72,33 @@ def escape(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-# -- the server and its one handler -------------------------------------------------------------------------
+# -- the servers and their one handler ----------------------------------------------------------------------
 
-class Server(ThreadingHTTPServer):
+class Core(Protocol):
+    """What the handler itself asks of the core behind it (the routes ask more of their own server's)."""
+    metrics: Metrics
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+class HttpServer(ThreadingHTTPServer):
+    """The HTTP side every server shares: the handler, its route table, authentication and the connection bound.
+    `Server` below is the full server; `serve_one.py` serves one function with its own small table."""
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 512  # bursts of new connections wait in the kernel, not refused
+    routes: list[RouteSpec] = ROUTES                                        # found by find_route
+    public: dict[tuple[str, str], Callable[[Any], Reply]] = PUBLIC          # (method, path): no credentials
 
-    def __init__(self, address: tuple[str, int], config: Config, manager: FunctionManager,
-                 sampler: Sampler) -> None:
+    def __init__(self, address: tuple[str, int], config: Config, manager: Core,
+                 auth: Authenticator | NoAuth) -> None:
         self.config = config
         self.manager = manager
-        self.sampler = sampler
-        self.users = UserStore(config.data_dir / "users.json")
-        self.auth = Authenticator(config.username, config.password, self.users)
+        self.auth = auth
         self.throttle = throttle.LoginThrottle(config.max_failed_logins)
         # uids whose connections are served only /function/ routes: the functions' own, when they have them
-        self.function_uids = config.uids if manager.sandbox.isolation.per_function_user else None
+        self.function_uids: range | None = None
         self.active: collections.deque[None] = collections.deque()  # one entry per request being answered
         self.connections = 0  # being served, each by its thread; changed under _connections_lock
         self._connections_lock = threading.Lock()
@@ -129,8 +141,20 @@ class Server(ThreadingHTTPServer):
         log.error("unhandled error serving %s:\n%s", client_address, traceback.format_exc())
 
 
+class Server(HttpServer):
+    """The server of SPEC 1-13: every route, the users of `data/users.json`."""
+    manager: FunctionManager
+
+    def __init__(self, address: tuple[str, int], config: Config, manager: FunctionManager,
+                 sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.users = UserStore(config.data_dir / "users.json")
+        super().__init__(address, config, manager, Authenticator(config.username, config.password, self.users))
+        self.function_uids = config.uids if manager.sandbox.isolation.per_function_user else None
+
+
 class Handler(BaseHTTPRequestHandler):
-    server: Server
+    server: HttpServer
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
 
@@ -200,13 +224,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
-        public = PUBLIC.get((req.method if req.method != "HEAD" else "GET", req.path))
+        public = self.server.public.get((req.method if req.method != "HEAD" else "GET", req.path))
         if public is not None and not self._body_pending:  # the one route without credentials (SPEC 12)
             return public(self.server)
         user = self._authenticate(req)
         if not req.path.startswith(("/function/", "/async-function/")) and self._opened_by_function():
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
-        spec, param = find_route(req.method, req.path)
+        spec, param = find_route(req.method, req.path, self.server.routes)
         allow(user, spec.access, param if spec.scoped else None)
         limit_name = spec.limit
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
@@ -461,11 +485,16 @@ def _reason(status: int) -> str:
 
 def make_server(config: Config, manager: FunctionManager, sampler: Sampler) -> Server:
     server = Server((config.host, config.port), config, manager, sampler)
-    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    if config.tls_cert:
-        server.socket = tls_context(config).wrap_socket(server.socket, server_side=True,
-                                                        do_handshake_on_connect=False)
+    configure_socket(server)
     return server
+
+
+def configure_socket(server: HttpServer) -> None:
+    """TCP keep-alive on the listening socket (accepted connections inherit it); TLS with --tls-cert/--tls-key."""
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if server.config.tls_cert:
+        server.socket = tls_context(server.config).wrap_socket(server.socket, server_side=True,
+                                                               do_handshake_on_connect=False)
 
 
 def tls_context(config: Config) -> ssl.SSLContext:

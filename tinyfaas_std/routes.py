@@ -23,7 +23,8 @@ from .users import Access, User, check_user, may
 if TYPE_CHECKING:
     from .httpd import Server
 
-__all__ = ["Reply", "ROUTES", "PUBLIC", "RouteSpec", "find_route", "allow", "forbidden"]
+__all__ = ["Reply", "ROUTES", "PUBLIC", "RouteSpec", "Route", "find_route", "allow", "forbidden", "invoke", "call",
+           "healthz", "FUNCTION", "OTHER_METHODS"]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs the hot path about half a microsecond
@@ -116,6 +117,13 @@ def _rollback(server: Server, _: http11.RequestHead, name: str, body: bytes, __:
     return _json(server.manager.rollback(name, version))
 
 
+def _export(server: Server, _: http11.RequestHead, name: str, __: bytes, ___: User) -> Reply:
+    """SPEC 14: the folder `tinyfaas export` writes, as a .tar.gz (export.py)."""
+    data, filename = server.manager.export(name)
+    return Reply(200, data, (("Content-Type", "application/gzip"),
+                             ("Content-Disposition", f'attachment; filename="{filename}"')), raw=True)
+
+
 def _json_body(body: bytes) -> Any:
     try:
         return bodies.loads_strict(body)
@@ -172,7 +180,7 @@ def _metrics(server: Server, *_: Any) -> Reply:
     return Reply(200, server.manager.metrics_text(), (("Content-Type", metrics.CONTENT_TYPE),), raw=True)
 
 
-def _healthz(server: Server) -> Reply:
+def healthz(server: Server) -> Reply:
     """For load balancers and supervisors: no credentials, no details; 503 once the server is stopping."""
     if server.manager.stopping:
         return _json({"status": "stopping"}, 503)
@@ -180,15 +188,20 @@ def _healthz(server: Server) -> Reply:
 
 
 # (method, exact path) -> route, for the routes that need no credentials
-PUBLIC: dict[tuple[str, str], Callable[[Server], Reply]] = {("GET", "/healthz"): _healthz}
+PUBLIC: dict[tuple[str, str], Callable[[Server], Reply]] = {("GET", "/healthz"): healthz}
 
 
 def _status(server: Server, *_: Any) -> Reply:
     return _json({**server.sampler.snapshot(), "functions": len(server.manager.names())})
 
 
-def _invoke(server: Server, req: http11.RequestHead, name: str, body: bytes, _: User) -> Reply:
-    sub_path = req.path[len("/function/") + len(name):]  # what follows the name: an http function's own path
+def invoke(server: Server, req: http11.RequestHead, name: str, body: bytes, _: User) -> Reply:
+    return call(server, req, name, req.path[len("/function/") + len(name):], body)
+
+
+def call(server: Any, req: http11.RequestHead, name: str, sub_path: str, body: bytes) -> Reply:
+    """A synchronous call of `name`; `sub_path` is what follows the name (an http function's own path). `server`:
+    this server, or serve-one's (serve_one.py), whose core answers `invoke` the same way."""
     answer = server.manager.invoke(name, req.method, sub_path, req.query, req.headers, body)
     return Reply(answer.status, answer.body, answer.headers, call_id=answer.call_id, raw=answer.raw)
 
@@ -257,9 +270,9 @@ def forbidden(user: User) -> Forbidden:
     return Forbidden(f"the {user.role} {user.name!r} may not do this", code="forbidden", role=user.role)
 
 
-_FUNCTION = re.compile(r"/function/([^/]+)(?:/.*)?")
+FUNCTION = re.compile(r"/function/([^/]+)(?:/.*)?")
 _ASYNC_FUNCTION = re.compile(r"/async-function/([^/]+)(?:/.*)?")
-_OTHER_METHODS = ("GET", "PUT", "PATCH", "DELETE", "OPTIONS")  # http functions answer them too (SPEC 10)
+OTHER_METHODS = ("GET", "PUT", "PATCH", "DELETE", "OPTIONS")  # http functions answer them too (SPEC 10)
 
 _CALL, _CHANGE, _READ = Access.CALL, Access.CHANGE, Access.READ
 _FUNCTIONS = re.compile(r"/admin/functions/([^/]+)")
@@ -280,10 +293,10 @@ class RouteSpec:
 
 
 ROUTES: list[RouteSpec] = [
-    RouteSpec("POST", _FUNCTION, _invoke, "max_body_bytes", _CALL, True),  # first: the hot path
-    *(RouteSpec(method, _FUNCTION, _invoke, "max_body_bytes", _CALL, True) for method in _OTHER_METHODS),
+    RouteSpec("POST", FUNCTION, invoke, "max_body_bytes", _CALL, True),  # first: the hot path
+    *(RouteSpec(method, FUNCTION, invoke, "max_body_bytes", _CALL, True) for method in OTHER_METHODS),
     RouteSpec("POST", _ASYNC_FUNCTION, _submit, "max_body_bytes", _CALL, True),
-    *(RouteSpec(method, _ASYNC_FUNCTION, _submit, "max_body_bytes", _CALL, True) for method in _OTHER_METHODS),
+    *(RouteSpec(method, _ASYNC_FUNCTION, _submit, "max_body_bytes", _CALL, True) for method in OTHER_METHODS),
     RouteSpec("GET", re.compile(r"/admin/calls/([^/]+)"), _call_state, None, Access.CALL_STATE),
     RouteSpec("DELETE", re.compile(r"/admin/calls/([^/]+)"), _cancel_call, None, Access.CANCEL),
     RouteSpec("POST", re.compile(r"/admin/upload"), _upload, "max_upload_bytes", _CHANGE),
@@ -293,6 +306,7 @@ ROUTES: list[RouteSpec] = [
     RouteSpec("PATCH", _FUNCTIONS, _patch, None, _CHANGE, True),
     RouteSpec("GET", re.compile(r"/admin/functions/([^/]+)/versions"), _versions, None, _READ, True),
     RouteSpec("POST", re.compile(r"/admin/functions/([^/]+)/rollback"), _rollback, None, _CHANGE, True),
+    RouteSpec("GET", re.compile(r"/admin/functions/([^/]+)/export"), _export, None, _READ, True),
     RouteSpec("GET", re.compile(r"/admin/logs/([^/]+)"), _logs, None, _READ, True),
     RouteSpec("GET", re.compile(r"/admin/status"), _status, None, Access.STATUS),
     RouteSpec("GET", re.compile(r"/metrics"), _metrics, None, Access.METRICS),
@@ -307,11 +321,12 @@ ROUTES: list[RouteSpec] = [
 ]
 
 
-def find_route(method: str, path: str) -> tuple[RouteSpec, str]:
-    """The route for `method` on `path` and its path parameter; HEAD takes GET's (the handler drops the body)."""
+def find_route(method: str, path: str, table: list[RouteSpec] = ROUTES) -> tuple[RouteSpec, str]:
+    """The route of `table` for `method` on `path` and its path parameter; HEAD takes GET's (the handler drops the
+    body)."""
     wanted = "GET" if method == "HEAD" else method
     allowed = []
-    for spec in ROUTES:
+    for spec in table:
         match = spec.pattern.fullmatch(path)
         if match:
             if spec.method == wanted:

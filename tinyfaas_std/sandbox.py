@@ -63,7 +63,8 @@ class WorkerSpec:
     venv: Path
     code: Path         # the version folder holding func.py
     scratch: Path      # HOME and TMPDIR: the only folder the function may write
-    args: tuple[str, ...]  # arguments of _worker.py
+    calling: str = "args"  # its calling convention (SPEC 10)
+    args: tuple[str, ...] = ()  # arguments of _worker.py (workers.start_worker fills them in)
     env: Mapping[str, str] = ()  # type: ignore[assignment]  # the function's own env and secrets (SPEC 10)
     memory_mb: int = 0  # the function's own memory limit; 0: the server's --memory-mb
 

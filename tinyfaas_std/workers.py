@@ -14,6 +14,7 @@ it has already taken, running or queued, still finish on its workers, which stop
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import socket
@@ -27,9 +28,10 @@ from pathlib import Path
 
 from . import protocol
 from .errors import ServiceUnavailable, TooManyRequests
+from .sandbox import Sandbox, WorkerSpec
 from .sockets import set_timeouts
 
-__all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "PoolClosed"]
+__all__ = ["Worker", "WorkerDied", "WorkerTimeout", "StartFailed", "Pool", "PoolClosed", "start_worker"]
 
 KILL_GRACE = 0.5    # seconds a worker's launcher gets after SIGTERM before SIGKILL
 SETTLE = 0.2        # seconds a dead worker's launcher gets to exit by itself (it reaps, then exits at once)
@@ -216,6 +218,17 @@ class Worker:
                 os.unlink(self._capture_dir / name)
             except OSError:
                 pass
+
+
+def start_worker(sandbox: Sandbox, spec: WorkerSpec, *, timeout: float, max_body: int) -> Worker:
+    """A warm worker of `spec`, started in `sandbox`: the one place that knows `_worker.py`'s arguments (the server
+    and `serve-one` both start theirs here). What its calls print is written through to its scratch folder."""
+
+    def start(channel: int, capture: tuple[Path, Path]) -> subprocess.Popen[bytes]:
+        args = (str(spec.code / "func.py"), *map(str, capture), spec.calling, spec.function, spec.version)
+        return sandbox.start(dataclasses.replace(spec, args=args), channel)
+
+    return Worker(start, spec.scratch, timeout=timeout, max_body=max_body)
 
 
 def _read_capture(folder: int, name: str) -> str:
