@@ -186,6 +186,12 @@ def _paths() -> dict[str, Any]:
         "/admin/functions/{name}/rollback": {"post": _op(
             "make a kept version live (default: the one before)", _ok(_ref("Function")), (400, 404, 409),
             params=fn, body={"required": False, "content": {_JSON: {"schema": _obj(version=_STR)}}})},
+        "/admin/functions/{name}/export": {"get": _op(
+            "the live version as a folder for a container platform (SPEC 14), packed",
+            {200: {"description": "a .tar.gz (Content-Disposition names it); the same bytes for the same version",
+                   "content": {"application/gzip": {"schema": {"type": "string",
+                                                               "contentMediaType": "application/gzip"}}}}},
+            (404, 409), params=fn)},
         "/admin/logs/{name}": {"get": _op(
             "the call records, oldest first", _ok({"type": "array", "items": _ref("CallRecord")}), (400, 404),
             params=fn, extra_params=[

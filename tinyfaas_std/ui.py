@@ -1,7 +1,7 @@
 """The dashboard's files (SPEC 13): read from the package once, answered with strict headers.
 
-Strategy: the files of `ui/` (HTML, CSS and JavaScript written here: no framework, no build step) are read when
-this module is imported, so serving one costs a dict lookup and never touches the disk; a request's path is only
+Strategy: the files of `ui/` (HTML, CSS and JavaScript written here: no framework, no build step) are read on
+the first request for one, so serving one costs a dict lookup and never touches the disk; a request's path is only
 ever a key of that dict, never a file name. Every answer allows the page nothing it does not need: scripts,
 styles, images and requests from its own origin only, and no inline script or style (`default-src 'self'`); no
 MIME sniffing; no framing by other sites; and revalidation on every load (`no-cache`), so the files of a newer
@@ -10,6 +10,7 @@ server are seen at once. The page itself talks to the JSON API with the credenti
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 
 from .errors import NotFound
@@ -34,18 +35,18 @@ _TYPES = {
 Headers = tuple[tuple[str, str], ...]
 
 
-def _load() -> dict[str, tuple[bytes, Headers]]:
+@functools.cache
+def _files() -> dict[str, tuple[bytes, Headers]]:
+    """Read once, on the first request for a file: a runtime without the dashboard (serve-one's, in an export)
+    imports this module and never asks."""
     folder = resources.files(__package__).joinpath("ui")
     return {name: (folder.joinpath(name).read_bytes(), (("Content-Type", content_type), *HEADERS))
             for name, content_type in _TYPES.items()}
 
 
-_FILES = _load()
-
-
 def file(name: str) -> tuple[bytes, Headers]:
     """The bytes and headers of one of the dashboard's files; `404` for any other name."""
     try:
-        return _FILES[name]
+        return _files()[name]
     except KeyError:
         raise NotFound("the dashboard has no such file", code="path_not_found") from None
