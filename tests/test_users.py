@@ -89,6 +89,8 @@ def _routes(call_id: str) -> list[tuple[str, str, bytes, dict[str, str], set[str
         ("PATCH", "/admin/functions/other", b'{"timeout": 5}', {}, {"ops"}),
         ("GET", "/admin/functions/report-a/versions", b"", {}, readers),
         ("POST", "/admin/functions/report-a/rollback", b"", {}, changers),
+        ("GET", "/admin/functions/report-a/code", b"", {}, readers),
+        ("GET", "/admin/functions/other/code", b"", {}, {"ops", "view"}),
         ("GET", "/admin/functions/report-a/export", b"", {}, readers),
         ("GET", "/admin/functions/other/export", b"", {}, {"ops", "view"}),
         ("GET", "/admin/logs/report-a", b"", {}, readers),

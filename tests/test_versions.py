@@ -6,12 +6,14 @@ Most tests share one server started with `--timeout 30 --keep-versions 3`; the r
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from harness import Response, Server
+from harness import Response, Server, multipart_body
 
 PROBE = '''import hashlib, os
 
@@ -550,3 +552,35 @@ def test_settings_versions_and_the_live_version_survive_restarts(fresh_server: S
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     for value in (first, second, dropped):
         assert value not in server.log()
+
+
+def test_the_code_route_answers_the_live_versions_files_as_text_where_they_are_text(vserver: Server) -> None:
+    server = vserver
+    one, two = VERSIONED.format(tag="one"), VERSIONED.format(tag="two")
+    _ok(server.upload("coded", one))
+    _ok(server.upload("coded", two))
+    code = _ok(server.request("GET", "/admin/functions/coded/code")).json
+    assert code == {"name": "coded", "version": "2", "files": [{"path": "func.py", "size": len(two), "text": two}]}
+    _ok(_rollback(server, "coded"))
+    assert server.request("GET", "/admin/functions/coded/code").json["files"][0]["text"] == one
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("func.py", "from lib.helper import VALUE\n\ndef main():\n    return VALUE\n")
+        zf.writestr("lib/__init__.py", "")
+        zf.writestr("lib/helper.py", "VALUE = 'é'\n")
+        zf.writestr("data/blob.bin", b"\xff\xfe\x00binary")
+        zf.writestr("data/big.txt", "x" * (600 * 1024))
+    upload = server.request("POST", "/admin/upload", *_archive_form("coded-zip", buffer.getvalue()))
+    assert _ok(upload).json["files"] == 5
+    files = {f["path"]: f for f in _ok(server.request("GET", "/admin/functions/coded-zip/code")).json["files"]}
+    assert sorted(files) == ["data/big.txt", "data/blob.bin", "func.py", "lib/__init__.py", "lib/helper.py"]
+    assert files["lib/helper.py"]["text"] == "VALUE = 'é'\n" and files["lib/__init__.py"]["text"] == ""
+    assert files["data/blob.bin"] == {"path": "data/blob.bin", "size": 9, "text": None}  # not UTF-8
+    assert files["data/big.txt"]["text"] is None and files["data/big.txt"]["size"] == 600 * 1024  # too large
+    _error(server.request("GET", "/admin/functions/no_such_function/code"), 404, "function_not_found")
+
+
+def _archive_form(name: str, data: bytes) -> tuple[bytes, dict[str, str]]:
+    body, content_type = multipart_body({"name": name, "file": ("code.zip", data)})
+    return body, {"Content-Type": content_type}

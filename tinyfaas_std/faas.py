@@ -20,11 +20,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
+
 from . import export
 from .callbacks import parse_allow
 from .calls import Answer, Caller
-import psutil
-
 from .config import Config
 from .errors import BadRequest
 from .deploy import Deployer, Lifecycle, NAME_PATTERN, check_name
@@ -40,6 +40,7 @@ from .venvs import VenvBuilder
 
 __all__ = ["FunctionManager", "Answer", "Lifecycle", "NAME_PATTERN", "check_name"]
 
+CODE_SHOWN = 512 * 1024  # bytes of a function's source that GET /admin/functions/<name>/code answers as text
 KEEP_DONE = 10_000  # finished async calls whose records stay readable by id, at least (--log-retention if more)
 
 
@@ -112,6 +113,22 @@ class FunctionManager:
         source = self._deployer.export_source(name)
         files = export.build(source, export.runtime_files(), sys.version_info[:2], _psutil_requirement())
         return export.pack(files, source.created), export.filename(source)
+
+    def code(self, name: str) -> dict[str, Any]:
+        """The live version's files as text where they are UTF-8 and small (the dashboard shows them): each
+        `{"path", "size", "text"}`, `text` null for a binary or large file, or once `CODE_SHOWN` bytes are shown."""
+        source = self._deployer.export_source(name)
+        files, budget = [], CODE_SHOWN
+        for path, data in sorted(source.files.items()):
+            text = None
+            if len(data) <= budget:
+                try:
+                    text = data.decode("utf-8")
+                    budget -= len(data)
+                except UnicodeDecodeError:
+                    pass
+            files.append({"path": path, "size": len(data), "text": text})
+        return {"name": name, "version": source.version, "files": files}
 
     # -- calls -------------------------------------------------------------------------------------------------
 

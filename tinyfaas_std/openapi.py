@@ -186,6 +186,11 @@ def _paths() -> dict[str, Any]:
         "/admin/functions/{name}/rollback": {"post": _op(
             "make a kept version live (default: the one before)", _ok(_ref("Function")), (400, 404, 409),
             params=fn, body={"required": False, "content": {_JSON: {"schema": _obj(version=_STR)}}})},
+        "/admin/functions/{name}/code": {"get": _op(
+            "the live version's files: text where UTF-8 and small, else `text` null", _ok(_obj(
+                ("name", "version", "files"), name=_STR, version=_STR, files={"type": "array", "items": _obj(
+                    ("path", "size", "text"), path=_STR, size=_INT, text={"type": ["string", "null"]})})),
+            (404,), params=fn)},
         "/admin/functions/{name}/export": {"get": _op(
             "the live version as a folder for a container platform (SPEC 14), packed",
             {200: {"description": "a .tar.gz (Content-Disposition names it); the same bytes for the same version",

@@ -117,6 +117,10 @@ def _rollback(server: Server, _: http11.RequestHead, name: str, body: bytes, __:
     return _json(server.manager.rollback(name, version))
 
 
+def _code(server: Server, _: http11.RequestHead, name: str, __: bytes, ___: User) -> Reply:
+    return _json(server.manager.code(name))
+
+
 def _export(server: Server, _: http11.RequestHead, name: str, __: bytes, ___: User) -> Reply:
     """SPEC 14: the folder `tinyfaas export` writes, as a .tar.gz (export.py)."""
     data, filename = server.manager.export(name)
@@ -306,6 +310,7 @@ ROUTES: list[RouteSpec] = [
     RouteSpec("PATCH", _FUNCTIONS, _patch, None, _CHANGE, True),
     RouteSpec("GET", re.compile(r"/admin/functions/([^/]+)/versions"), _versions, None, _READ, True),
     RouteSpec("POST", re.compile(r"/admin/functions/([^/]+)/rollback"), _rollback, None, _CHANGE, True),
+    RouteSpec("GET", re.compile(r"/admin/functions/([^/]+)/code"), _code, None, _READ, True),
     RouteSpec("GET", re.compile(r"/admin/functions/([^/]+)/export"), _export, None, _READ, True),
     RouteSpec("GET", re.compile(r"/admin/logs/([^/]+)"), _logs, None, _READ, True),
     RouteSpec("GET", re.compile(r"/admin/status"), _status, None, Access.STATUS),
