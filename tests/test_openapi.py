@@ -78,7 +78,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_against_the_document(s
     function that raises answers 500 by design (SPEC 5), and that is not the server's error."""
     server.upload("hello", "def main(*args, **kwargs):\n    return [args, kwargs]\n")
     server.upload("hello-event", "def main(event, context):\n    return event\n", fields={"calling": "event"})
-    server.upload("hello-http", "def main(request):\n    return {'status': 200, 'body': request['path']}\n",
+    server.upload("hello-http", "def main(request):\n    return {'statusCode': 200, 'body': request['path']}\n",
                   fields={"calling": "http"})
     cmd = [str(Path(sys.executable).with_name("schemathesis")), "run", f"http://127.0.0.1:{server.port}/openapi.json",
            "--auth", "admin:1234", "--checks",

@@ -90,6 +90,7 @@ class HttpServer(ThreadingHTTPServer):
     request_queue_size = 512  # bursts of new connections wait in the kernel, not refused
     routes: list[RouteSpec] = ROUTES                                        # found by find_route
     public: dict[tuple[str, str], Callable[[Any], Reply]] = PUBLIC          # (method, path): no credentials
+    function_page_headers: tuple[tuple[str, str], ...] = ()                 # added to http functions' answers
 
     def __init__(self, address: tuple[str, int], config: Config, manager: Core,
                  auth: Authenticator | NoAuth) -> None:
@@ -142,8 +143,15 @@ class HttpServer(ThreadingHTTPServer):
 
 
 class Server(HttpServer):
-    """The server of SPEC 1-13: every route, the users of `data/users.json`."""
+    """The server of SPEC 1-13: every route, the users of `data/users.json`.
+
+    An http function's answer shares its origin with the dashboard and the admin API, so a page a function
+    serves (a developer's, say) could use the credentials an admin's browser holds for this origin. Its answers
+    are therefore a sandbox of their own origin: scripts, forms and pop-ups still work, but to the browser the page
+    is from no site (`Origin: null`), so its requests are other-site requests, which `Handler` refuses."""
     manager: FunctionManager
+    function_page_headers = (("Content-Security-Policy",
+                              "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"),)
 
     def __init__(self, address: tuple[str, int], config: Config, manager: FunctionManager,
                  sampler: Sampler) -> None:
@@ -227,6 +235,10 @@ class Handler(BaseHTTPRequestHandler):
         public = self.server.public.get((req.method if req.method != "HEAD" else "GET", req.path))
         if public is not None and not self._body_pending:  # the one route without credentials (SPEC 12)
             return public(self.server)
+        headers = req.headers
+        if ("origin" in headers or headers.get("sec-fetch-site", "none") not in _THIS_SITE) \
+                and req.method not in _SAFE_METHODS and not req.path.startswith(_CALL_PATHS):
+            _refuse_other_sites(req)  # a browser's request to change something
         user = self._authenticate(req)
         if not req.path.startswith(("/function/", "/async-function/")) and self._opened_by_function():
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
@@ -436,6 +448,29 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         log.info("%s %s", self.client_address[0], escape(format % args))
+
+
+_THIS_SITE = ("none", "same-origin")  # Sec-Fetch-Site: typed or bookmarked by the user, or from this origin's page
+_SAFE_METHODS = ("GET", "HEAD")
+_CALL_PATHS = ("/function/", "/async-function/")
+
+
+def _refuse_other_sites(req: http11.RequestHead) -> None:
+    """403 for a change that a browser sends on behalf of another site (cross-site request forgery): a browser adds
+    the Basic Auth credentials it holds for this server to any request to it, whichever page makes it. So a request
+    to change something (not GET or HEAD) that another site's page made (`Sec-Fetch-Site`), or whose `Origin` is
+    not this host, is refused, whatever credentials it carries. Reads stay open: another site's page cannot see
+    their answers (no CORS here). Calls stay open too: a function is called as itself, whoever asks, and an http
+    function's page may post to its own path. curl and the client send neither header. Only the host is
+    compared, not the scheme, so that the server works behind a TLS proxy."""
+    headers = req.headers
+    site = headers.get("sec-fetch-site", "none")
+    if site not in _THIS_SITE:
+        raise Forbidden(f"a request another site made (Sec-Fetch-Site: {escape(site[:40])}) is refused",
+                        code="cross_site")
+    origin = headers.get("origin", "")
+    if origin.partition("://")[2].lower() != headers.get("host", "").lower():
+        raise Forbidden(f"a request from another origin ({escape(origin[:100])}) is refused", code="cross_site")
 
 
 def _is_head(request: bytes | bytearray) -> bool:

@@ -207,7 +207,8 @@ def call(server: Any, req: http11.RequestHead, name: str, sub_path: str, body: b
     """A synchronous call of `name`; `sub_path` is what follows the name (an http function's own path). `server`:
     this server, or serve-one's (serve_one.py), whose core answers `invoke` the same way."""
     answer = server.manager.invoke(name, req.method, sub_path, req.query, req.headers, body)
-    return Reply(answer.status, answer.body, answer.headers, call_id=answer.call_id, raw=answer.raw)
+    headers = answer.headers + server.function_page_headers if answer.raw else answer.headers
+    return Reply(answer.status, answer.body, headers, call_id=answer.call_id, raw=answer.raw)
 
 
 def _submit(server: Server, req: http11.RequestHead, name: str, body: bytes, _: User) -> Reply:
