@@ -21,6 +21,13 @@ def test_healthz_needs_no_credentials_and_nothing_else_does(server: Server) -> N
     assert server.request("POST", "/healthz", auth=None).status == 401
     assert server.request("GET", "/healthz/", auth=None).status == 401
     assert server.request("GET", "/admin/status", auth=None).status == 401
+    conn = server.connect()  # a body sent anyway is read and dropped: the connection stays in step
+    try:
+        assert server.request("GET", "/healthz", b"x" * 1000, auth=None, conn=conn).json == {"status": "ok"}
+        assert server.request("GET", "/healthz", auth=None, conn=conn).json == {"status": "ok"}
+        assert server.request("GET", "/healthz", b"x" * (64 * 1024 + 1), auth=None, conn=conn).status == 413
+    finally:
+        conn.close()
 
 
 def test_healthz_says_stopping_during_shutdown(tmp_path: Path, wheels: Path) -> None:

@@ -7,9 +7,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import pytest
+import jsonschema
 from openapi_spec_validator import validate
 
 from harness import Server
@@ -98,3 +99,75 @@ def test_schemathesis_finds_no_server_error_and_no_answer_against_the_document(s
     assert ok > 300, metrics
     assert server.request("GET", "/healthz").status == 200
     assert "Traceback" not in server.log()
+
+
+def _check_answer(doc: dict, method: str, template: str, resp) -> None:
+    """`resp` is an answer the document allows: its status is listed (or `default`), its media type is one of
+    that answer's, a JSON body fits the schema, and the headers the document requires are there."""
+    responses = doc["paths"][template][method.lower()]["responses"]
+    answer = responses.get(str(resp.status)) or responses.get("default")
+    assert answer is not None, f"{method} {template}: {resp.status} is not documented"
+    media = resp.headers.get("content-type", "").split(";")[0].strip()
+    content = answer.get("content", {})
+    assert media in content or "*/*" in content, f"{method} {template} {resp.status}: {media} is not documented"
+    schema = (content.get(media) or content["*/*"])["schema"]
+    if media == "application/json" and schema:
+        jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(resp.json)
+    for header, spec in answer.get("headers", {}).items():
+        assert not spec.get("required") or header.lower() in resp.headers, (method, template, header)
+
+
+def test_real_answers_fit_the_document(server: Server) -> None:
+    """Answers of every documented kind, from a function with env, a secret, a schedule and a requirement,
+    checked against the document's schemas: the schemas a generated run rarely reaches."""
+    doc = _document(server)
+    fields = {"env": "GREETING=hi", "secrets": "TOKEN=s3cret", "schedule": "@every 1h", "timeout": "9"}
+    seen = [("POST", "/admin/upload", server.upload("documented", "import greetlib\n\ndef main(*a):\n    return a\n",
+                                                    requirements="greetlib==1.0\n", fields=fields))]
+    seen.append(("POST", "/function/{name}", server.call("documented", [1, "x"])))
+    submitted = server.request("POST", "/async-function/documented", "[2]")
+    seen.append(("POST", "/async-function/{name}", submitted))
+    call_id = submitted.json["id"]
+    for _ in range(100):
+        state = server.request("GET", f"/admin/calls/{call_id}")
+        if state.json.get("status") not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    seen.append(("GET", "/admin/calls/{id}", state))
+    seen.append(("DELETE", "/admin/calls/{id}", server.request("DELETE", f"/admin/calls/{call_id}")))
+    patched = server.request("PATCH", "/admin/functions/documented", '{"env": {"MORE": "yes"}, "max_workers": 2}')
+    seen += [("PATCH", "/admin/functions/{name}", patched),
+             ("GET", "/admin/functions", server.request("GET", "/admin/functions")),
+             ("GET", "/admin/functions/{name}", server.request("GET", "/admin/functions/documented")),
+             ("GET", "/admin/functions/{name}/versions", server.request("GET", "/admin/functions/documented/versions")),
+             ("POST", "/admin/functions/{name}/rollback",
+              server.request("POST", "/admin/functions/documented/rollback", '{"version": 1}')),
+             ("GET", "/admin/functions/{name}/code", server.request("GET", "/admin/functions/documented/code")),
+             ("GET", "/admin/functions/{name}/export", server.request("GET", "/admin/functions/documented/export")),
+             ("GET", "/admin/logs/{name}", server.request("GET", "/admin/logs/documented?limit=5")),
+             ("GET", "/admin/status", server.request("GET", "/admin/status")),
+             ("GET", "/admin/me", server.request("GET", "/admin/me")),
+             ("POST", "/admin/users", server.request("POST", "/admin/users", '{"name": "doc", "password": '
+                                                     '"doc-password", "role": "developer", "functions": ["d*"]}')),
+             ("GET", "/admin/users", server.request("GET", "/admin/users")),
+             ("PATCH", "/admin/users/{user}", server.request("PATCH", "/admin/users/doc", '{"role": "viewer"}')),
+             ("DELETE", "/admin/users/{user}", server.request("DELETE", "/admin/users/doc")),
+             ("GET", "/metrics", server.request("GET", "/metrics")),
+             ("GET", "/healthz", server.request("GET", "/healthz", auth=None)),
+             ("GET", "/ui", server.request("GET", "/ui")),
+             ("GET", "/ui/{file}", server.request("GET", "/ui/app.js")),
+             # errors
+             ("GET", "/admin/functions/{name}", server.request("GET", "/admin/functions/nothing-here")),
+             ("GET", "/admin/status", server.request("GET", "/admin/status", auth=None)),
+             ("POST", "/admin/functions/{name}/rollback",
+              server.request("POST", "/admin/functions/documented/rollback", '{"version": "99"}')),
+             ("PATCH", "/admin/functions/{name}", server.request("PATCH", "/admin/functions/documented", '{"env": 1}')),
+             ("PATCH", "/admin/users/{user}", server.request("PATCH", "/admin/users/doc", "x" * 70_000)),
+             ("POST", "/function/{name}", server.request("POST", "/function/documented", "{bad json")),
+             ("POST", "/admin/upload", server.request("POST", "/admin/upload", "x", {"Content-Type": "text/plain"}))]
+    statuses = [resp.status for *_, resp in seen]
+    assert statuses[:3] == [200, 200, 202] and {401, 404, 400, 413, 415} <= set(statuses), statuses
+    described = server.request("GET", "/admin/functions/documented").json
+    assert described["schedule"] == "@every 1h" and described["secrets"] == ["TOKEN"]
+    for method, template, resp in seen:
+        _check_answer(doc, method, template, resp)

@@ -233,7 +233,9 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, req: http11.RequestHead) -> Reply:
         self._body_pending = bool(req.content_length) or req.chunked
         public = self.server.public.get((req.method if req.method != "HEAD" else "GET", req.path))
-        if public is not None and not self._body_pending:  # the one route without credentials (SPEC 12)
+        if public is not None:  # the one route without credentials (SPEC 12); a body sent anyway is dropped
+            if self._body_pending:
+                self._read_request_body(req, None)
             return public(self.server)
         headers = req.headers
         if ("origin" in headers or headers.get("sec-fetch-site", "none") not in _THIS_SITE) \
@@ -244,7 +246,10 @@ class Handler(BaseHTTPRequestHandler):
             raise Forbidden("a function may call functions, not the admin routes", code="forbidden_for_functions")
         spec, param = find_route(req.method, req.path, self.server.routes)
         allow(user, spec.access, param if spec.scoped else None)
-        limit_name = spec.limit
+        return spec.route(self.server, req, param, self._read_request_body(req, spec.limit), user)
+
+    def _read_request_body(self, req: http11.RequestHead, limit_name: str | None) -> bytes:
+        """The body, within the limit named by `limit_name` (an attribute of Config; None: MAX_SMALL_BODY)."""
         limit = getattr(self.server.config, limit_name) if limit_name else MAX_SMALL_BODY
         if limit_name == "max_upload_bytes" and req.content_length is None and not req.chunked:
             raise LengthRequired("an upload needs a Content-Length", code="length_required")
@@ -254,7 +259,7 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = self._read_chunked(limit) if req.chunked else self._read_body(req.content_length or 0)
         self._body_pending = False
-        return spec.route(self.server, req, param, body, user)
+        return body
 
     def _opened_by_function(self) -> bool:
         """Whether a function's process opened this connection (see peers.py); looked up once per connection. A

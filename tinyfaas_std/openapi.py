@@ -33,6 +33,8 @@ def _obj(required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 _REQUIREMENTS = {"type": "array", "items": _STR, "description": "the requirement lines"}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_CHANGES = {"type": "object", "additionalProperties": _NULLABLE_STR, "description": "null removes a name"}
 _ANY: dict[str, Any] = {}
 
 _SCHEMAS: dict[str, Any] = {
@@ -41,7 +43,7 @@ _SCHEMAS: dict[str, Any] = {
         ("name", "status", "version", "calling"), name=_STR, status=_STR, version=_STR, created=_NUM,
         updated=_NUM, calling={"enum": ["args", "event", "http"]}, env=_STRINGS,
         secrets={"type": "array", "items": _STR}, timeout=_NUM, memory_mb=_INT, max_workers=_INT,
-        schedule={"type": ["object", "null"]}, next_run={"type": ["number", "null"]}, requirements=_REQUIREMENTS,
+        schedule=_NULLABLE_STR, next_run={**_NULLABLE_STR, "description": "UTC, ISO 8601"}, requirements=_REQUIREMENTS,
         files=_INT, code_sha256=_STR, code_size=_INT, invocations=_INT, errors=_INT,
         limits={"type": "object"}),
     "Uploaded": _obj(("name", "status", "version"), name=_STR, status={"const": "ready"}, created=_BOOL,
@@ -57,33 +59,45 @@ _SCHEMAS: dict[str, Any] = {
     "NewUser": {**_obj(("name", "password", "role"), name=_STR, password=_STR, role=_STR,
                        functions={"type": ["array", "null"], "items": _STR})},
     "UserChange": _obj(password=_STR, role=_STR, functions={"type": ["array", "null"], "items": _STR}),
-    "Settings": _obj(calling={"enum": ["args", "event", "http"]}, env={"type": ["object", "null"]},
-                     secrets={"type": ["object", "null"]}, timeout={"type": ["number", "null"]},
-                     memory_mb={"type": ["integer", "null"]}, max_workers={"type": ["integer", "null"]},
-                     schedule={"type": ["object", "null"]}),
+    "Settings": _obj(calling={"enum": ["args", "event", "http"]}, env=_CHANGES, secrets=_CHANGES,
+                     timeout={"type": ["number", "null"]}, memory_mb={"type": ["integer", "null"]},
+                     max_workers={"type": ["integer", "null"]}, schedule=_NULLABLE_STR),
 }
 
 _ERRORS = {
-    400: "a malformed request: bad JSON, field, name or query",
+    400: "a malformed request: its head, or a bad JSON body, field, name or query",
     401: "no, or wrong, Basic Auth credentials (with WWW-Authenticate)",
     403: "authenticated, but this user's role or function patterns do not allow it",
     404: "no such function, version, call, user or path",
+    408: "the request was not sent in time (--client-timeout)",
     405: "the method is not allowed here (with Allow)",
     409: "a conflict with the present state",
     411: "a body without Content-Length",
-    413: "a body over its limit",
+    413: "a body over its limit (64 KiB where a route takes no body or a small JSON one)",
+    414: "a request target over 8 KiB",
     415: "a body of the wrong Content-Type",
     422: "code, archive, requirements or settings rejected",
     429: "too many: failed logins from this address, or calls waiting (with Retry-After)",
+    431: "request headers over their limit",
     502: "the function's worker crashed",
     503: "the server is stopping, or has too many connections",
     504: "the function ran past its timeout",
 }
-_COMMON = (401, 403, 429, 503)  # any authenticated route, whatever it does
+_TRANSPORT = (400, 408, 413, 414, 431)              # any route: a request that is not well formed or too big
+_COMMON = (*_TRANSPORT, 401, 403, 429, 503)          # any authenticated route
+_HEADERS = {  # headers an error answer always carries
+    401: {"WWW-Authenticate": {"required": True, "schema": _STR}},
+    405: {"Allow": {"required": True, "schema": _STR}},
+    429: {"Retry-After": {"required": True, "schema": _STR, "description": "seconds"}},
+}
+_CALL_ID = {"X-Call-Id": {"required": False, "schema": _STR, "description": "the call's id, once it has one"}}
 
 
 def _error(status: int) -> dict[str, Any]:
-    return {"description": _ERRORS[status], "content": {_JSON: {"schema": _ref("Error")}}}
+    answer = {"description": _ERRORS[status], "content": {_JSON: {"schema": _ref("Error")}}}
+    if status in _HEADERS:
+        answer["headers"] = _HEADERS[status]
+    return answer
 
 
 def _ok(schema: dict[str, Any], description: str = "done", status: int = 200) -> dict[int, Any]:
@@ -92,7 +106,7 @@ def _ok(schema: dict[str, Any], description: str = "done", status: int = 200) ->
 
 def _op(summary: str, answers: dict[int, Any], errors: tuple[int, ...] = (), *, params: tuple[str, ...] = (),
         body: dict[str, Any] | None = None, public: bool = False, extra_params: list | None = None) -> dict:
-    statuses = sorted({*errors, *(() if public else _COMMON)})
+    statuses = sorted({*errors, *(_TRANSPORT if public else _COMMON)})
     responses = {str(status): answer for status, answer in answers.items()}
     responses.update({str(status): _error(status) for status in statuses})
     op: dict[str, Any] = {"summary": summary, "responses": responses,
@@ -112,7 +126,8 @@ def _path(name: str, description: str, pattern: str = r"^[A-Za-z0-9_.-]+$", exam
 
 _PARAMS = {
     "name": _path("name", "a function's name", r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", "hello"),
-    "subpath": _path("subpath", "an http function's own path (it may hold further slashes)", r"^[^/?#]+$"),
+    "subpath": _path("subpath", "an http function's own path: described here as one segment, though the server "
+                                "takes any number (`/function/{name}/a/b/c`)", r"^[^/?#]+$"),
     "id": _path("id", "an async call's id (a uuid)", r"^[0-9a-f-]{36}$"),
     "user": _path("user", "a user's name", r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"),
 }
@@ -128,9 +143,10 @@ def _function_ops(prefix: str, sub: bool) -> dict[str, Any]:
     if prefix == "function":
         answers = {200: {"description": "an args or event function's `{id, result, duration}`, or what an http "
                                         "function answered (any status, headers and body)",
-                         "content": {"*/*": {"schema": _ANY}}},
+                         "headers": _CALL_ID, "content": {"*/*": {"schema": _ANY}}},
                    "default": {"description": "an http function's own answer, or `{id, error, duration}` (500) "
-                                              "when main raised", "content": {"*/*": {"schema": _ANY}}}}
+                                              "when main raised", "headers": _CALL_ID,
+                               "content": {"*/*": {"schema": _ANY}}}}
         errors = (400, 404, 405, 411, 413, 502, 504)
         summary = "call a function and wait for its answer (X-Call-Id on every answer)"
     else:
@@ -177,15 +193,16 @@ def _paths() -> dict[str, Any]:
         "/admin/functions/{name}": {
             "get": _op("a function's description", _ok(_ref("Function")), (404,), params=fn),
             "patch": _op("change settings: a new version with the same code and venv", _ok(_ref("Function")),
-                         (400, 404, 409, 422), params=fn,
+                         (400, 404, 422), params=fn,
                          body={"required": True, "content": {_JSON: {"schema": _ref("Settings")}}}),
             "delete": _op("delete a function, its versions, secrets and logs",
-                          _ok(_obj(("deleted",), deleted=_STR)), (404, 409), params=fn)},
+                          _ok(_obj(("deleted",), deleted=_STR)), (404,), params=fn)},
         "/admin/functions/{name}/versions": {"get": _op(
             "the kept versions, newest first", _ok({"type": "array", "items": _ref("Version")}), (404,), params=fn)},
         "/admin/functions/{name}/rollback": {"post": _op(
             "make a kept version live (default: the one before)", _ok(_ref("Function")), (400, 404, 409),
-            params=fn, body={"required": False, "content": {_JSON: {"schema": _obj(version=_STR)}}})},
+            params=fn, body={"required": False, "content": {_JSON: {"schema": _obj(
+                version={"type": ["string", "integer"]})}}})},
         "/admin/functions/{name}/code": {"get": _op(
             "the live version's files: text where UTF-8 and small, else `text` null", _ok(_obj(
                 ("name", "version", "files"), name=_STR, version=_STR, files={"type": "array", "items": _obj(
