@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from harness import REPO, Server
 
@@ -132,33 +132,39 @@ class Visit:
         assert self.forbidden == [] and self.problems == [] and self.dialogs == []
 
 
-@pytest.fixture
-def visit(browser: Browser, ui_server: Server) -> Iterator[Callable[[str, str], Visit]]:
+def _open(browser: Browser, base: str, user: str, password: str, query: str = "") -> Visit:
     """Opens /ui as a user (the browser answers the Basic Auth prompt) and records what happens."""
-    contexts: list[BrowserContext] = []
+    context = browser.new_context(http_credentials={"username": user, "password": password},
+                                  viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    seen = Visit(page, base)
+    page.on("request", lambda request: seen.requests.append(request.url))
+    page.on("response", lambda response: response.status == 403 and seen.forbidden.append(response.url))
+    page.on("pageerror", lambda error: seen.problems.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
+            and seen.problems.append(message.text))
+    page.on("dialog", lambda dialog: (seen.dialogs.append(dialog.message), dialog.dismiss()))
+    response = page.goto(f"{base}/ui{query}")
+    assert response is not None and response.status == 200
+    assert response.headers["content-security-policy"] == "default-src 'self'"
+    expect(page.locator("#me")).to_contain_text(user)
+    return seen
 
-    def open_as(user: str, password: str) -> Visit:
-        context = browser.new_context(http_credentials={"username": user, "password": password},
-                                      viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(10_000)
-        seen = Visit(page, f"http://127.0.0.1:{ui_server.port}")
-        page.on("request", lambda request: seen.requests.append(request.url))
-        page.on("response", lambda response: response.status == 403 and seen.forbidden.append(response.url))
-        page.on("pageerror", lambda error: seen.problems.append(str(error)))
-        page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
-                and seen.problems.append(message.text))
-        page.on("dialog", lambda dialog: (seen.dialogs.append(dialog.message), dialog.dismiss()))
-        response = page.goto(seen.base + "/ui")
-        assert response is not None and response.status == 200
-        assert response.headers["content-security-policy"] == "default-src 'self'"
-        expect(page.locator("#me")).to_contain_text(user)
+
+@pytest.fixture
+def visit(browser: Browser, ui_server: Server) -> Iterator[Callable[..., Visit]]:
+    """`visit(user, password, query="", server=ui_server)`: a page of its own browser context, closed after."""
+    pages: list[Page] = []
+
+    def open_as(user: str, password: str, query: str = "", server: Server = ui_server) -> Visit:
+        seen = _open(browser, f"http://127.0.0.1:{server.port}", user, password, query)
+        pages.append(seen.page)
         return seen
 
     yield open_as
-    for context in contexts:
-        context.close()
+    for page in pages:
+        page.context.close()
 
 
 def _shot(page: Page, folder: Path, name: str) -> None:
@@ -333,3 +339,37 @@ def test_a_viewer_sees_functions_calls_and_status_and_can_change_nothing(visit: 
     expect(page.locator("#versions button")).to_have_count(0)
     _shot(page, tmp_path, "viewer")
     seen.assert_clean()
+
+
+# -- when the credentials stop working ---------------------------------------------------------------------------
+
+POLL = "?poll=0.5"  # the page's periods shortened for the tests (app.js clamps it to at least 0.5 s)
+
+
+def _asks_nothing_more(seen: Visit, periods: float = 3) -> None:
+    """No request for `periods` poll periods (a fixed wait: what is checked is that nothing happens)."""
+    before = len(seen.requests)
+    seen.page.wait_for_timeout(periods * 500)
+    assert seen.requests[before:] == []
+
+
+def test_a_deleted_user_is_told_and_the_page_stops_asking(ui_server: Server, visit: Callable[..., Visit]) -> None:
+    doc = {"name": "leaving", "password": PASSWORD, "role": "viewer"}
+    assert ui_server.request("POST", "/admin/users", json.dumps(doc)).status == 201
+    seen = visit("leaving", PASSWORD, POLL)
+    page = seen.page
+    page.click("#function-list [data-name=resize]")
+    expect(page.locator("#calls tbody tr").first).to_be_visible()  # and every poll is running
+    assert ui_server.request("DELETE", "/admin/users/leaving").status in (200, 204)
+    expect(page.locator("#stopped")).to_have_text(re.compile(r"signed out: reload to log in again", re.I))
+    _asks_nothing_more(seen)
+
+
+def test_a_blocked_address_is_told_for_how_long_and_the_page_stops_asking(visit: Callable[..., Visit]) -> None:
+    seen = visit("view", PASSWORD, POLL)
+    page = seen.page
+    blocked = json.dumps({"error": {"code": "too_many_failed_logins", "message": "too many failed logins"}})
+    page.route("**/admin/status", lambda route: route.fulfill(
+        status=429, headers={"Retry-After": "60"}, content_type="application/json", body=blocked))
+    expect(page.locator("#stopped")).to_have_text(re.compile(r"blocked for 60 s", re.I))
+    _asks_nothing_more(seen)

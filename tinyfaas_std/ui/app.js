@@ -9,10 +9,15 @@
 // The browser asked for the user and password (Basic Auth) when it loaded /ui, and sends them again with each
 // same-origin fetch. GET /admin/me says who that is; the role decides which parts are shown and which requests
 // are made (the server checks every request anyway: hiding a button is for clarity, not for security).
+//
+// Polling (the status, the list, the selected function's calls) stops for good the first time the server
+// refuses the credentials (401) or this address (429 after failed logins): a page left open after its user was
+// deleted would otherwise fail a login with every poll until the server's throttle blocked the whole address.
 "use strict";
 
-const STATUS_SECONDS = 3;   // live server status
-const LIST_SECONDS = 10;    // the list of functions, and the selected function's calls
+const POLL = pollOverride();
+const STATUS_SECONDS = POLL || 3;   // live server status
+const LIST_SECONDS = POLL || 10;    // the list of functions, and the selected function's calls
 const HISTORY = 60;         // samples kept for the status charts (3 minutes)
 const CALLS_SHOWN = 30;     // newest calls of a function shown in its table and chart
 
@@ -31,13 +36,26 @@ const state = {
   info: null,        // its description (GET /admin/functions/<name>)
   calls: [],         // its newest calls, oldest first
   history: [],       // /admin/status samples, oldest first
+  stopped: null,     // why the page asks nothing more (signed out, blocked), once it is so
 };
+
+/** `/ui?poll=SECONDS` polls at another period than the defaults (the tests use it): a number within [0.5, 60]. */
+function pollOverride() {
+  const text = new URLSearchParams(location.search).get("poll");
+  const value = Number(text);
+  return text && Number.isFinite(value) && value > 0 ? Math.min(60, Math.max(0.5, value)) : null;
+}
 
 // -- api --------------------------------------------------------------------------------------------------
 
+/** What api() throws once the server has refused the page's credentials or address: its message says so. */
+class Stopped extends Error {}
+
 /** One request: {status, ok, headers, body} where body is the parsed JSON (or the text of another answer).
- *  A 4xx or 5xx is an answer like any other; only a network failure throws. */
+ *  A 4xx or 5xx is an answer like any other; a network failure throws, and so does the server's refusal of
+ *  the credentials or the address (`Stopped`), after which no request is made any more. */
 async function api(method, path, body, contentType) {
+  if (state.stopped) throw new Stopped(state.stopped);
   const init = { method, credentials: "same-origin", cache: "no-store", headers: {} };
   if (body !== undefined) {
     init.body = body instanceof FormData || typeof body === "string" ? body : JSON.stringify(body);
@@ -47,7 +65,31 @@ async function api(method, path, body, contentType) {
   const response = await fetch(path, init);
   const text = await response.text();
   const isJson = (response.headers.get("Content-Type") || "").startsWith("application/json");
-  return { status: response.status, ok: response.ok, headers: response.headers, body: isJson ? parseJson(text) : text };
+  const reply = { status: response.status, ok: response.ok, headers: response.headers, body: isJson ? parseJson(text) : text };
+  if (refusesUs(reply)) throw new Stopped(stop(reply));
+  return reply;
+}
+
+/** The server refusing the credentials (401) or this address (429 after too many failed logins); not a
+ *  function's own answer (each answer of /function/... carries X-Call-Id) nor a busy function's 429. */
+function refusesUs(reply) {
+  if (reply.headers.has("X-Call-Id")) return false;
+  const code = reply.body && reply.body.error && reply.body.error.code;
+  return reply.status === 401 || (reply.status === 429 && code === "too_many_failed_logins");
+}
+
+/** Ask nothing more: every poll's timer ends and api() refuses from now on; the banner says why. */
+function stop(reply) {
+  const wait = reply.headers.get("Retry-After");
+  state.stopped = reply.status === 401 ? "Signed out: reload to log in again."
+    : `Blocked for ${/^\d+$/.test(wait || "") ? `${wait} s` : "a while"} after too many failed logins from this `
+      + "address: reload after that.";
+  for (const timer of timers.values()) clearTimeout(timer);
+  timers.clear();
+  const banner = $("#stopped");
+  banner.textContent = state.stopped;
+  banner.hidden = false;
+  return state.stopped;
 }
 
 function parseJson(text) {
@@ -544,13 +586,15 @@ async function pollStatus() {
   lineChart($("#memory-chart"), [["server", (x) => x.process.memory_mb], ["workers", (x) => x.workers.memory_mb]], "MB");
 }
 
+const timers = new Map();  // task -> the timer of its next run, so that stop() can end them all
+
 /** Run `task` every `period` seconds, each run after the previous one has ended (never two at once). */
 function every(period, task) {
   const run = async () => {
-    try { await task(); } catch (error) { say(`lost the server: ${error.message}`, "error"); }
-    setTimeout(run, period * 1000);
+    try { await task(); } catch (error) { if (!(error instanceof Stopped)) say(`lost the server: ${error.message}`, "error"); }
+    if (!state.stopped) timers.set(task, setTimeout(run, period * 1000));
   };
-  setTimeout(run, period * 1000);
+  timers.set(task, setTimeout(run, period * 1000));
 }
 
 start();
