@@ -373,3 +373,23 @@ def test_a_blocked_address_is_told_for_how_long_and_the_page_stops_asking(visit:
         status=429, headers={"Retry-After": "60"}, content_type="application/json", body=blocked))
     expect(page.locator("#stopped")).to_have_text(re.compile(r"blocked for 60 s", re.I))
     _asks_nothing_more(seen)
+
+
+# -- answers that come late ------------------------------------------------------------------------------------
+
+SLOW = "import time\n\ndef main():\n    time.sleep(1.5)\n    return 'the slow answer'\n"
+
+
+def test_a_slow_answer_never_shows_under_another_function(ui_server: Server, visit: Callable[..., Visit]) -> None:
+    assert ui_server.upload("slow", SLOW).status == 200
+    seen = visit("admin", "1234")
+    page = seen.page
+    page.click("#function-list [data-name=slow]")
+    with page.expect_request_finished(lambda request: request.url.endswith("/function/slow")):
+        _invoke(page, "")
+        page.click("#function-list [data-name=resize]")
+        expect(page.locator("#detail-name")).to_have_text("resize")
+    expect(page.locator("#message")).to_contain_text("slow answered 200")  # said, beside the pane
+    expect(page.locator("#invoke-answer")).to_be_hidden()
+    expect(page.locator("#detail")).not_to_contain_text("the slow answer")
+    seen.assert_clean()

@@ -352,6 +352,9 @@ async function refreshSelection() {
 }
 
 // -- views: deploy, invoke, change, roll back, delete -------------------------------------------------------
+//
+// An action remembers the function it was made for: its answer can come after the user has selected another
+// one, and then it is said in the message line (naming the function), never shown in the other one's pane.
 
 function showDeployForm() {
   state.selected = null;
@@ -384,7 +387,7 @@ async function deploy(event) {
     if (reply.ok) {
       form.reset();
       await refreshList();
-      await select(reply.body.name);
+      if (!form.hidden) await select(reply.body.name);  // not when the user went on to another function
       say(`deployed ${reply.body.name} (version ${reply.body.version})`);
     }
   } finally {
@@ -438,6 +441,10 @@ async function invoke(event) {
   const began = performance.now();
   const reply = await api(method, path, body, type);
   const roundTrip = (performance.now() - began) / 1000;
+  if ($("#invoke-target").hidden && state.selected !== name) {
+    say(`${name} answered ${reply.status} after you left it: its calls show the answer`, reply.ok ? "info" : "error");
+    return;
+  }
   showAnswer(reply, calling, roundTrip);
   if (state.can.read && state.selected === name) {
     const [record] = await Promise.all([loadCalls(name, reply.headers.get("X-Call-Id")), loadInfo(name)]);
@@ -481,7 +488,9 @@ async function patch(event) {
   const text = value.value.trim();
   const change = { [key.value]: settingValue(key.value, text) };
   const reply = await api("PATCH", functionPath(name), change);
-  outcome($("#patch-result"), reply.ok ? `${key.value} changed: version ${reply.body.version} is live` : problem(reply), reply.ok);
+  const said = reply.ok ? `${key.value} changed: version ${reply.body.version} is live` : problem(reply);
+  if (state.selected !== name) { say(`${name}: ${said}`, reply.ok ? "info" : "error"); return; }
+  outcome($("#patch-result"), said, reply.ok);
   if (reply.ok) {
     value.value = "";
     await Promise.all([loadInfo(name), loadVersions(name)]);
@@ -513,10 +522,12 @@ function confirmDelete(asking) {
 async function remove() {
   const name = state.selected;
   const reply = await api("DELETE", functionPath(name));
-  if (!reply.ok) { say(problem(reply), "error"); return; }
-  state.selected = null;
-  $("#detail").hidden = true;
-  showPane();
+  if (!reply.ok) { say(`${name}: ${problem(reply)}`, "error"); return; }
+  if (state.selected === name) {
+    state.selected = null;
+    $("#detail").hidden = true;
+    showPane();
+  }
   say(`deleted ${name}`);
   await refreshList();
 }
