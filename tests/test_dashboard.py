@@ -393,3 +393,28 @@ def test_a_slow_answer_never_shows_under_another_function(ui_server: Server, vis
     expect(page.locator("#invoke-answer")).to_be_hidden()
     expect(page.locator("#detail")).not_to_contain_text("the slow answer")
     seen.assert_clean()
+
+
+# -- the http invoke box stays under /function/<name>/ ----------------------------------------------------------
+
+def _http_invoke(page: Page, method: str, path: str) -> None:
+    page.locator("#invoke-form [name=method]").select_option(method)
+    page.locator("#invoke-form [name=path]").fill(path)
+    page.locator("#invoke-form button[type=submit]").click()
+
+
+def test_the_http_path_cannot_leave_the_function_and_is_sent_encoded(visit: Callable[..., Visit]) -> None:
+    seen = visit("admin", "1234")
+    page = seen.page
+    page.click("#function-list [data-name=greet]")
+    expect(page.locator("#http-box")).to_be_visible()
+    for path in ("../../admin/users", "/x/%2E%2e/y", "./"):
+        _http_invoke(page, "GET", path)
+        expect(page.locator("#invoke-problem")).to_contain_text("'.' or '..'")
+    assert [url for url in seen.requests if "/function/" in url or url.endswith("/admin/users")] == []
+
+    _http_invoke(page, "GET", "/a b#c/100%?q=1 2#3&r=%41")
+    expect(page.locator("#invoke-result")).to_have_text("hello /a b#c/100%")
+    expect(page.locator("#invoke-problem")).to_be_empty()
+    assert f"{seen.base}/function/greet/a%20b%23c/100%25?q=1%202%233&r=%41" in seen.requests  # query as typed
+    seen.assert_clean()

@@ -99,6 +99,31 @@ function parseJson(text) {
 const functionPath = (name) => `/admin/functions/${encodeURIComponent(name)}`;
 const logsPath = (name, limit) => `/admin/logs/${encodeURIComponent(name)}?limit=${limit}`;
 
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;  // deploy.py's NAME_PATTERN
+const DOT_SEGMENT = /^(?:\.|%2e){1,2}$/i;        // what a browser resolves as '.' or '..' (WHATWG URL)
+const NOT_IN_A_QUERY = /%(?![0-9A-Fa-f]{2})|[^\w\-.~!$&'()*+,;=:@/?%]/gu;  // '#', spaces, a stray '%', non-ASCII
+
+/** The URL of a call of `name`; `typed` is an http call's path and query as the user wrote them. Each path
+ *  segment is sent as written (percent-encoded: '#' is a character, not a fragment), the query as written with
+ *  only what a query may not hold encoded. '.' and '..' segments are refused rather than left to the browser,
+ *  which would resolve them out of /function/<name>/ (a DELETE of ../../admin/functions/x deleted x).
+ *  Throws an Error whose message is for the user. */
+function functionUrl(name, typed = "") {
+  if (!NAME.test(name)) throw new Error(`"${name}" is not a function name`);
+  const base = `/function/${name}`;
+  const at = typed.indexOf("?");
+  const [path, query] = at < 0 ? [typed, null] : [typed.slice(0, at), typed.slice(at + 1)];
+  const segments = path.replace(/^\//, "").split("/");
+  if (segments.some((segment) => DOT_SEGMENT.test(segment))) {
+    throw new Error("a path segment may not be '.' or '..': the path stays under the function");
+  }
+  let url = path ? `${base}/${segments.map(encodeURIComponent).join("/")}` : base;
+  if (query !== null) url += `?${query.replace(NOT_IN_A_QUERY, encodeURIComponent)}`;
+  const resolved = new URL(url, location.href).pathname;  // the last word: where the browser will really go
+  if (resolved !== base && !resolved.startsWith(`${base}/`)) throw new Error(`the path leaves ${base}/`);
+  return url;
+}
+
 /** A sentence for a failed answer: the error's code and message, and the fields that help (line, pip output). */
 function problem(reply) {
   const error = reply.body && reply.body.error;
@@ -252,6 +277,7 @@ async function select(name) {
   markSelected();
   $("#deploy-form").hidden = true;
   $("#invoke-answer").hidden = true;
+  $("#invoke-problem").textContent = "";
   $("#call-detail").hidden = true;
   $("#patch-result").textContent = "";
   confirmDelete(false);
@@ -430,16 +456,23 @@ async function invoke(event) {
   event.preventDefault();
   const { name, calling } = invokeTarget();
   const form = event.target.elements;
-  let method = "POST", path = `/function/${encodeURIComponent(name)}`, body = form.args.value, type = "application/json";
+  const problemBox = $("#invoke-problem");
+  problemBox.textContent = "";
+  let url;
+  try {
+    url = functionUrl(name, calling === "http" ? form.path.value.trim() : "");
+  } catch (error) {
+    outcome(problemBox, error.message, false);
+    return;
+  }
+  let method = "POST", body = form.args.value, type = "application/json";
   if (calling === "http") {
     method = form.method.value;
-    const sub = form.path.value.trim();
-    path += sub && !sub.startsWith("/") ? `/${sub}` : sub;
     body = ["GET", "HEAD"].includes(method) ? undefined : form.body.value;
     type = "text/plain; charset=utf-8";
   }
   const began = performance.now();
-  const reply = await api(method, path, body, type);
+  const reply = await api(method, url, body, type);
   const roundTrip = (performance.now() - began) / 1000;
   if ($("#invoke-target").hidden && state.selected !== name) {
     say(`${name} answered ${reply.status} after you left it: its calls show the answer`, reply.ok ? "info" : "error");
