@@ -418,3 +418,31 @@ def test_the_http_path_cannot_leave_the_function_and_is_sent_encoded(visit: Call
     expect(page.locator("#invoke-problem")).to_be_empty()
     assert f"{seen.base}/function/greet/a%20b%23c/100%25?q=1%202%233&r=%41" in seen.requests  # query as typed
     seen.assert_clean()
+
+
+# -- settings -----------------------------------------------------------------------------------------------
+
+def _change(page: Page, key: str, value: str) -> None:
+    form = page.locator("#patch-form")
+    form.locator("[name=key]").select_option(key)
+    form.locator("[name=value]").fill(value)
+    form.locator("button").click()
+
+
+def test_a_number_setting_refuses_what_is_not_a_number_and_empty_means_the_default(
+        ui_server: Server, visit: Callable[..., Visit]) -> None:
+    assert ui_server.upload("knobs", ADDER).status == 200
+    seen = visit("admin", "1234")
+    page = seen.page
+    page.click("#function-list [data-name=knobs]")
+    expect(page.locator("#patch-form [name=value]")).to_have_attribute("placeholder", re.compile("empty: the server's default"))
+    _change(page, "timeout", "7")
+    expect(page.locator("#setting-timeout")).to_have_text("7 s")
+    for typed in ("abc", "1e999", "NaN"):
+        _change(page, "timeout", typed)
+        expect(page.locator("#patch-result")).to_have_text(re.compile(r"^timeout must be a number"))
+        expect(page.locator("#patch-result")).to_have_class(re.compile(r"\berror\b"))
+    assert ui_server.request("GET", "/admin/functions/knobs").json["timeout"] == 7  # unchanged: nothing was sent
+    _change(page, "timeout", "")
+    expect(page.locator("#setting-timeout")).to_have_text("30 s")  # the server's --timeout
+    seen.assert_clean()

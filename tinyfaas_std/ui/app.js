@@ -235,6 +235,8 @@ function wire() {
   $("#invoke-form").addEventListener("submit", invoke);
   $("#invoke-form").elements.calling.addEventListener("change", () => showConvention(invokeTarget().calling));
   $("#patch-form").addEventListener("submit", patch);
+  $("#patch-form").elements.key.addEventListener("change", showSettingHint);
+  showSettingHint();
   $("#delete").addEventListener("click", () => confirmDelete(true));
   $("#delete-no").addEventListener("click", () => confirmDelete(false));
   $("#delete-yes").addEventListener("click", remove);
@@ -512,14 +514,35 @@ function showRecord(record) {
   $("#invoke-duration").textContent = `in ${seconds(record.duration)}`;
 }
 
-/** PATCH one setting: numbers for the limits, text for calling and schedule (empty removes the schedule),
- *  KEY=VALUE for env (KEY alone removes that variable). */
+/** What the Value field of the settings form takes, per setting (its placeholder). */
+const SETTING_HINTS = {
+  timeout: "seconds; empty: the server's default",
+  memory_mb: "MiB; empty: the server's default",
+  max_workers: "a count; empty: the server's default",
+  calling: "args, event or http",
+  schedule: "a cron expression; empty: no schedule",
+  env: "KEY=VALUE; KEY alone removes it",
+};
+const NUMBER_SETTINGS = ["timeout", "memory_mb", "max_workers"];
+
+function showSettingHint() {
+  const { key, value } = $("#patch-form").elements;
+  value.placeholder = SETTING_HINTS[key.value];
+}
+
+/** PATCH one setting: numbers for the limits (empty: back to the server's default), text for calling and
+ *  schedule (empty removes the schedule), KEY=VALUE for env (KEY alone removes that variable). */
 async function patch(event) {
   event.preventDefault();
   const name = state.selected;
   const { key, value } = event.target.elements;
-  const text = value.value.trim();
-  const change = { [key.value]: settingValue(key.value, text) };
+  let change;
+  try {
+    change = { [key.value]: settingValue(key.value, value.value.trim()) };
+  } catch (error) {
+    outcome($("#patch-result"), error.message, false);
+    return;
+  }
   const reply = await api("PATCH", functionPath(name), change);
   const said = reply.ok ? `${key.value} changed: version ${reply.body.version} is live` : problem(reply);
   if (state.selected !== name) { say(`${name}: ${said}`, reply.ok ? "info" : "error"); return; }
@@ -530,8 +553,14 @@ async function patch(event) {
   }
 }
 
+/** The JSON value of a setting as typed; throws an Error for the user when it is not one. */
 function settingValue(key, text) {
-  if (["timeout", "memory_mb", "max_workers"].includes(key)) return text === "" ? text : Number(text);
+  if (NUMBER_SETTINGS.includes(key)) {
+    if (text === "") return null;  // the server's default, as the placeholder says
+    const number = Number(text);
+    if (!Number.isFinite(number)) throw new Error(`${key} must be a number (empty: the server's default)`);
+    return number;
+  }
   if (key === "schedule") return text === "" ? null : text;
   if (key === "env") {
     const at = text.indexOf("=");
