@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from harness import REPO, Server
 
@@ -132,12 +132,16 @@ class Visit:
         assert self.forbidden == [] and self.problems == [] and self.dialogs == []
 
 
-def _open(browser: Browser, base: str, user: str, password: str, query: str = "") -> Visit:
-    """Opens /ui as a user (the browser answers the Basic Auth prompt) and records what happens."""
+def _open(browser: Browser, base: str, user: str, password: str, query: str = "",
+          before: Callable[[Page], None] | None = None) -> Visit:
+    """Opens /ui as a user (the browser answers the Basic Auth prompt) and records what happens; `before` is
+    done to the page before it loads (e.g. routes that fail some requests)."""
     context = browser.new_context(http_credentials={"username": user, "password": password},
                                   viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(10_000)
+    if before:
+        before(page)
     seen = Visit(page, base)
     page.on("request", lambda request: seen.requests.append(request.url))
     page.on("response", lambda response: response.status == 403 and seen.forbidden.append(response.url))
@@ -446,3 +450,54 @@ def test_a_number_setting_refuses_what_is_not_a_number_and_empty_means_the_defau
     _change(page, "timeout", "")
     expect(page.locator("#setting-timeout")).to_have_text("30 s")  # the server's --timeout
     seen.assert_clean()
+
+
+# -- a server that does not answer -------------------------------------------------------------------------------
+
+def test_a_lost_server_is_said_where_the_user_acted(browser: Browser, tmp_path_factory: pytest.TempPathFactory,
+                                                    wheels: Path) -> None:
+    server = Server(tmp_path_factory.mktemp("lost"), wheels).start()
+    try:
+        assert server.upload("adder", ADDER).status == 200
+        assert server.request("PATCH", "/admin/functions/adder", json.dumps({"timeout": 5})).status == 200
+        refused: list[str] = []
+
+        def refuse_the_first_list(route: Route) -> None:
+            if refused:
+                route.continue_()
+            else:
+                refused.append(route.request.url)
+                route.abort()
+
+        seen = _open(browser, f"http://127.0.0.1:{server.port}", "admin", "1234", POLL,
+                     before=lambda page: page.route("**/admin/functions", refuse_the_first_list))
+        page = seen.page
+        page.click("#function-list [data-name=adder]")  # there: the polling went on after its first run failed
+        assert refused
+        expect(page.locator("#versions tbody tr")).to_have_count(2)
+        server.stop()
+
+        unreachable = re.compile(r"^no answer from the server")
+        _invoke(page, "[1, 2]")
+        expect(page.locator("#invoke-problem")).to_have_text(unreachable)
+        _change(page, "timeout", "9")
+        expect(page.locator("#patch-result")).to_have_text(unreachable)
+        page.click("#versions button[data-version='1']")
+        expect(page.locator("#versions-result")).to_have_text(unreachable)
+        page.click("#delete")
+        page.click("#delete-yes")
+        expect(page.locator("#delete-result")).to_have_text(unreachable)
+        page.click("#show-deploy")
+        form = page.locator("#deploy-form")
+        form.locator("[name=name]").fill("other")
+        form.locator("[name=file]").set_input_files(files=[{"name": "f.py", "mimeType": "text/x-python",
+                                                            "buffer": ADDER.encode()}])
+        form.locator("button[type=submit]").click()
+        expect(page.locator("#deploy-result")).to_have_text(unreachable)
+        expect(form.locator("button[type=submit]")).to_be_enabled()
+        expect(page.locator("#message")).to_contain_text("lost the server")  # the polls' own failures
+        assert seen.problems == []  # nothing escaped as an uncaught error
+        page.context.close()
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.stop()

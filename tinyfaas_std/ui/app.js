@@ -52,8 +52,8 @@ function pollOverride() {
 class Stopped extends Error {}
 
 /** One request: {status, ok, headers, body} where body is the parsed JSON (or the text of another answer).
- *  A 4xx or 5xx is an answer like any other; a network failure throws, and so does the server's refusal of
- *  the credentials or the address (`Stopped`), after which no request is made any more. */
+ *  A 4xx or 5xx is an answer like any other. A network failure throws an Error saying so, and so does the
+ *  server's refusal of the credentials or the address (`Stopped`), after which no request is made any more. */
 async function api(method, path, body, contentType) {
   if (state.stopped) throw new Stopped(state.stopped);
   const init = { method, credentials: "same-origin", cache: "no-store", headers: {} };
@@ -62,8 +62,13 @@ async function api(method, path, body, contentType) {
     if (contentType) init.headers["Content-Type"] = contentType;
     else if (!(body instanceof FormData) && typeof body !== "string") init.headers["Content-Type"] = "application/json";
   }
-  const response = await fetch(path, init);
-  const text = await response.text();
+  let response, text;
+  try {
+    response = await fetch(path, init);
+    text = await response.text();
+  } catch (error) {
+    throw new Error(`no answer from the server (${error.message})`);
+  }
   const isJson = (response.headers.get("Content-Type") || "").startsWith("application/json");
   const reply = { status: response.status, ok: response.ok, headers: response.headers, body: isJson ? parseJson(text) : text };
   if (refusesUs(reply)) throw new Stopped(stop(reply));
@@ -205,6 +210,20 @@ function short(value, length = 60) {
   return text.length > length ? `${text.slice(0, length - 1)}…` : text;
 }
 
+/** A user's action as an event handler: whatever it throws (no answer from the server, a value the form
+ *  refuses) is shown in `box`, the action's own outcome line (the message line when null), and never escapes
+ *  as an unhandled rejection. */
+function guarded(box, task) {
+  return async (...args) => {
+    try {
+      await task(...args);
+    } catch (error) {
+      if (box) outcome($(box), error.message, false);
+      else say(error.message, "error");
+    }
+  };
+}
+
 // -- views: who, the list, the detail pane ------------------------------------------------------------------
 
 async function start() {
@@ -219,8 +238,7 @@ async function start() {
     $("#sidebar").hidden = false;
     $("#show-deploy").hidden = !state.can.change;
     $("#welcome").textContent = "Select a function, or deploy one.";
-    await refreshList();
-    every(LIST_SECONDS, refreshSelection);
+    every(LIST_SECONDS, refreshSelection, 0);  // its first run now: a failure of it still leaves the next ones
   } else if (state.can.call) {
     showInvokerBox();
   } else {
@@ -231,15 +249,15 @@ async function start() {
 function wire() {
   $("#show-deploy").addEventListener("click", showDeployForm);
   $("#cancel-deploy").addEventListener("click", () => { $("#deploy-form").hidden = true; showPane(); });
-  $("#deploy-form").addEventListener("submit", deploy);
-  $("#invoke-form").addEventListener("submit", invoke);
+  $("#deploy-form").addEventListener("submit", guarded("#deploy-result", deploy));
+  $("#invoke-form").addEventListener("submit", guarded("#invoke-problem", invoke));
   $("#invoke-form").elements.calling.addEventListener("change", () => showConvention(invokeTarget().calling));
-  $("#patch-form").addEventListener("submit", patch);
+  $("#patch-form").addEventListener("submit", guarded("#patch-result", patch));
   $("#patch-form").elements.key.addEventListener("change", showSettingHint);
   showSettingHint();
   $("#delete").addEventListener("click", () => confirmDelete(true));
   $("#delete-no").addEventListener("click", () => confirmDelete(false));
-  $("#delete-yes").addEventListener("click", remove);
+  $("#delete-yes").addEventListener("click", guarded("#delete-result", remove));
 }
 
 /** The list: each function with its status, calls, errors and last call (its newest log record). */
@@ -261,7 +279,7 @@ function listItem({ name, info, last }) {
   const counts = `${plural(info.invocations, "call")} · ${plural(info.errors, "error")}`;
   const lastCall = last ? h("span", { class: `last ${last.status}` }, `${last.status} ${ago(last.start)}`)
                         : h("span", { class: "last" }, "never called");
-  const button = h("button", { type: "button", class: "function", "data-name": name, onclick: () => select(name) },
+  const button = h("button", { type: "button", class: "function", "data-name": name, onclick: guarded(null, () => select(name)) },
     h("span", { class: `dot ${info.status}`, title: info.status }),
     h("span", { class: "name" }, name),
     h("span", { class: `counts${info.errors ? " has-errors" : ""}` }, counts),
@@ -279,9 +297,8 @@ async function select(name) {
   markSelected();
   $("#deploy-form").hidden = true;
   $("#invoke-answer").hidden = true;
-  $("#invoke-problem").textContent = "";
   $("#call-detail").hidden = true;
-  $("#patch-result").textContent = "";
+  for (const box of ["#invoke-problem", "#patch-result", "#versions-result", "#delete-result"]) $(box).textContent = "";
   confirmDelete(false);
   $("#detail").hidden = false;
   showPane();
@@ -338,7 +355,8 @@ async function loadVersions(name) {
     h("td", { class: "mono", title: version.code_sha256 }, version.code_sha256.slice(0, 12)),
     h("td", {}, version.live ? badge("live", "ok")
       : state.can.change ? h("button", { type: "button", "data-version": version.version,
-                                         onclick: () => rollback(name, version.version) }, "Roll back to this")
+                                         onclick: guarded("#versions-result", () => rollback(name, version.version)) },
+                                       "Roll back to this")
         : ""))));
 }
 
@@ -458,15 +476,8 @@ async function invoke(event) {
   event.preventDefault();
   const { name, calling } = invokeTarget();
   const form = event.target.elements;
-  const problemBox = $("#invoke-problem");
-  problemBox.textContent = "";
-  let url;
-  try {
-    url = functionUrl(name, calling === "http" ? form.path.value.trim() : "");
-  } catch (error) {
-    outcome(problemBox, error.message, false);
-    return;
-  }
+  $("#invoke-problem").textContent = "";
+  const url = functionUrl(name, calling === "http" ? form.path.value.trim() : "");
   let method = "POST", body = form.args.value, type = "application/json";
   if (calling === "http") {
     method = form.method.value;
@@ -536,13 +547,7 @@ async function patch(event) {
   event.preventDefault();
   const name = state.selected;
   const { key, value } = event.target.elements;
-  let change;
-  try {
-    change = { [key.value]: settingValue(key.value, value.value.trim()) };
-  } catch (error) {
-    outcome($("#patch-result"), error.message, false);
-    return;
-  }
+  const change = { [key.value]: settingValue(key.value, value.value.trim()) };
   const reply = await api("PATCH", functionPath(name), change);
   const said = reply.ok ? `${key.value} changed: version ${reply.body.version} is live` : problem(reply);
   if (state.selected !== name) { say(`${name}: ${said}`, reply.ok ? "info" : "error"); return; }
@@ -571,7 +576,7 @@ function settingValue(key, text) {
 
 async function rollback(name, version) {
   const reply = await api("POST", `${functionPath(name)}/rollback`, { version });
-  if (!reply.ok) { say(problem(reply), "error"); return; }
+  if (!reply.ok) throw new Error(problem(reply));
   say(`${name}: version ${reply.body.version} is live again`);
   await Promise.all([loadInfo(name), loadVersions(name)]);
 }
@@ -584,7 +589,7 @@ function confirmDelete(asking) {
 async function remove() {
   const name = state.selected;
   const reply = await api("DELETE", functionPath(name));
-  if (!reply.ok) { say(`${name}: ${problem(reply)}`, "error"); return; }
+  if (!reply.ok) throw new Error(problem(reply));
   if (state.selected === name) {
     state.selected = null;
     $("#detail").hidden = true;
@@ -641,8 +646,7 @@ function lineChart(svg, series, unit) {
 
 function startStatus() {
   $("#server-status").hidden = false;
-  pollStatus();
-  every(STATUS_SECONDS, pollStatus);
+  every(STATUS_SECONDS, pollStatus, 0);
 }
 
 async function pollStatus() {
@@ -661,13 +665,14 @@ async function pollStatus() {
 
 const timers = new Map();  // task -> the timer of its next run, so that stop() can end them all
 
-/** Run `task` every `period` seconds, each run after the previous one has ended (never two at once). */
-function every(period, task) {
+/** Run `task` every `period` seconds, the first time after `first` seconds, each run after the previous one
+ *  has ended (never two at once). */
+function every(period, task, first = period) {
   const run = async () => {
     try { await task(); } catch (error) { if (!(error instanceof Stopped)) say(`lost the server: ${error.message}`, "error"); }
     if (!state.stopped) timers.set(task, setTimeout(run, period * 1000));
   };
-  timers.set(task, setTimeout(run, period * 1000));
+  timers.set(task, setTimeout(run, first * 1000));
 }
 
-start();
+start().catch((error) => { $("#welcome").textContent = `The dashboard could not start: ${error.message}`; });
