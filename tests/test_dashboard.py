@@ -501,3 +501,38 @@ def test_a_lost_server_is_said_where_the_user_acted(browser: Browser, tmp_path_f
     finally:
         if server.proc and server.proc.poll() is None:
             server.stop()
+
+
+# -- deploying again ------------------------------------------------------------------------------------------
+
+def _deploy(page: Page, name: str, source: str, filename: str = "func.py") -> None:
+    page.click("#show-deploy")
+    form = page.locator("#deploy-form")
+    form.locator("[name=name]").fill(name)
+    form.locator("[name=file]").set_input_files(files=[{"name": filename, "mimeType": "text/x-python",
+                                                        "buffer": source.encode()}])
+    form.locator("button[type=submit]").click()
+
+
+def test_deploying_again_keeps_the_requirements_the_form_shows(ui_server: Server, visit: Callable[..., Visit]) -> None:
+    uses_lib = "import greetlib\n\ndef main(who):\n    return greetlib.greet(who)\n"
+    assert ui_server.upload("needs", uses_lib, requirements="greetlib\n", fields={"calling": "event"}).status == 200
+    seen = visit("admin", "1234")
+    page = seen.page
+    page.click("#show-deploy")
+    form = page.locator("#deploy-form")
+    expect(form).to_contain_text("filled in from the live version")  # the help text says what happens
+    form.locator("[name=name]").fill("needs")
+    expect(form.locator("[name=requirements]")).to_have_value("greetlib")
+    expect(form.locator("[name=calling]")).to_have_value("event")
+    expect(page.locator("#deploy-note")).to_contain_text("needs exists")
+    form.locator("[name=name]").fill("needs-not")  # another name: what was filled in goes again
+    expect(form.locator("[name=requirements]")).to_have_value("")
+    expect(form.locator("[name=calling]")).to_have_value("args")
+    _deploy(page, "needs", uses_lib.replace("return", "return 'again: ' +"))
+    expect(page.locator("#detail-badges")).to_contain_text("v2")
+    described = ui_server.request("GET", "/admin/functions/needs").json
+    assert (described["requirements"], described["calling"]) == (["greetlib"], "event")
+    assert ui_server.call("needs", "you").json["result"] == "again: hello you"
+    seen.assert_clean()
+

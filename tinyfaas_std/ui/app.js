@@ -32,6 +32,7 @@ const RIGHTS = {
 const state = {
   me: null,          // {name, role, functions} of the credentials
   can: RIGHTS.viewer,
+  names: [],         // the functions the list shows
   selected: null,    // the name of the function in the detail pane
   info: null,        // its description (GET /admin/functions/<name>)
   calls: [],         // its newest calls, oldest first
@@ -249,7 +250,12 @@ async function start() {
 function wire() {
   $("#show-deploy").addEventListener("click", showDeployForm);
   $("#cancel-deploy").addEventListener("click", () => { $("#deploy-form").hidden = true; showPane(); });
-  $("#deploy-form").addEventListener("submit", guarded("#deploy-result", deploy));
+  const deployForm = $("#deploy-form");
+  deployForm.addEventListener("submit", guarded("#deploy-result", deploy));
+  deployForm.elements.name.addEventListener("input", fillFromLive);
+  for (const field of liveFields(deployForm)) {
+    field.addEventListener("input", () => { delete field.dataset.before; field.dataset.chosen = "yes"; });
+  }
   $("#invoke-form").addEventListener("submit", guarded("#invoke-problem", invoke));
   $("#invoke-form").elements.calling.addEventListener("change", () => showConvention(invokeTarget().calling));
   $("#patch-form").addEventListener("submit", guarded("#patch-result", patch));
@@ -264,6 +270,7 @@ function wire() {
 async function refreshList() {
   const reply = await api("GET", "/admin/functions");
   if (!reply.ok) { say(problem(reply), "error"); return; }
+  state.names = reply.body;
   const rows = await Promise.all(reply.body.map(summary));
   const list = $("#function-list");
   list.replaceChildren(...rows.filter((row) => row.info).map(listItem));
@@ -413,11 +420,58 @@ function showDeployForm() {
   form.elements.name.focus();
 }
 
-/** POST /admin/upload with the form as multipart/form-data; empty optional fields are not sent, so a
- *  re-upload keeps the function's requirements file and environment as they are. */
+let liveFilling = Promise.resolve();  // the description the deploy form is being filled from, if any
+
+/** A deploy of an existing name replaces it, and the upload's own fields are all the new version gets: no
+ *  requirements means none. So the form is filled in from the live version (requirements, calling convention)
+ *  and says so; a field the user typed or chose is never replaced, and what was filled in goes again when the
+ *  name changes to another. (The environment needs none of this: an upload without one keeps the live one.) */
+function fillFromLive() {
+  const form = $("#deploy-form").elements;
+  const name = form.name.value.trim();
+  for (const field of liveFields($("#deploy-form"))) {
+    if ("before" in field.dataset) field.value = field.dataset.before;
+    delete field.dataset.before;
+  }
+  const note = $("#deploy-note");
+  note.textContent = "";
+  if (!state.names.includes(name)) return;
+  liveFilling = api("GET", functionPath(name)).then((reply) => {
+    if (!reply.ok || form.name.value.trim() !== name) return;
+    const info = reply.body;
+    fill(form.requirements, info.requirements.join("\n"));
+    fill(form.calling, info.calling);
+    note.textContent = `${name} exists (version ${info.version}): this deploy replaces it. Its requirements and `
+      + "calling convention are filled in below; edit them to change them.";
+  }).catch((error) => { note.textContent = `${name} exists, but its settings could not be read: ${error.message}`; });
+}
+
+/** The deploy form's fields that are filled in from a live version. */
+const liveFields = (form) => [form.elements.requirements, form.elements.calling];
+
+/** `field` holds `value`, unless the user typed or chose its value; what it held before is kept to go back to. */
+function fill(field, value) {
+  if (field.dataset.chosen) return;
+  field.dataset.before = field.value;
+  field.value = value;
+}
+
+function resetDeployForm(form) {
+  form.reset();
+  for (const field of liveFields(form)) {
+    delete field.dataset.before;
+    delete field.dataset.chosen;
+  }
+  $("#deploy-note").textContent = "";
+}
+
+/** POST /admin/upload with the form as multipart/form-data (once the form is filled in from the live version,
+ *  when the name exists). Empty Requirements and Environment are not sent: the new version then has no
+ *  requirements (or its archive's requirements.txt) and keeps the live environment, as the server does it. */
 async function deploy(event) {
   event.preventDefault();
   const form = event.target;
+  await liveFilling;
   const data = new FormData(form);
   for (const field of ["requirements", "env"]) {
     if (!String(data.get(field)).trim()) data.delete(field);
@@ -431,7 +485,7 @@ async function deploy(event) {
       ? `${reply.body.created ? "Deployed" : "Replaced"} ${reply.body.name}: version ${reply.body.version}, ready in ${seconds(reply.body.build_seconds)}`
       : problem(reply), reply.ok);
     if (reply.ok) {
-      form.reset();
+      resetDeployForm(form);
       await refreshList();
       if (!form.hidden) await select(reply.body.name);  // not when the user went on to another function
       say(`deployed ${reply.body.name} (version ${reply.body.version})`);
