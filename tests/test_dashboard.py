@@ -9,9 +9,11 @@ TINYFAAS_SCREENSHOT_OUT=docs/dashboard.png the first browser test also writes th
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +204,7 @@ def test_deploy_invoke_change_roll_back_and_delete_through_the_page(ui_server: S
     expect(page.locator("#detail-name")).to_have_text("adder")
     expect(page.locator("#function-list li.selected")).to_contain_text("adder")
     expect(page.locator("#setting-env")).to_have_text("GREETING=hello")
+    expect(page.locator("#code-text")).to_have_text(ADDER)  # its code, as deployed
     assert ui_server.request("GET", "/admin/functions/adder").json["env"] == {"GREETING": "hello"}
 
     calls = page.locator("#calls tbody tr")
@@ -529,10 +532,38 @@ def test_deploying_again_keeps_the_requirements_the_form_shows(ui_server: Server
     form.locator("[name=name]").fill("needs-not")  # another name: what was filled in goes again
     expect(form.locator("[name=requirements]")).to_have_value("")
     expect(form.locator("[name=calling]")).to_have_value("args")
+    page.click("#cancel-deploy")
+    page.click("#function-list [data-name=needs]")
+    expect(page.locator("#code-text")).to_have_text(uses_lib)
     _deploy(page, "needs", uses_lib.replace("return", "return 'again: ' +"))
     expect(page.locator("#detail-badges")).to_contain_text("v2")
+    expect(page.locator("#code-text")).to_contain_text("again: ")  # the live version's code, not the one seen before
     described = ui_server.request("GET", "/admin/functions/needs").json
     assert (described["requirements"], described["calling"]) == (["greetlib"], "event")
     assert ui_server.call("needs", "you").json["result"] == "again: hello you"
     seen.assert_clean()
 
+
+# -- the code ------------------------------------------------------------------------------------------------
+
+def test_the_code_card_shows_each_file_as_text(ui_server: Server, visit: Callable[..., Visit]) -> None:
+    source = f"# {EVIL}\ndef main():\n    return 1\n"
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("func.py", source)
+        archive.writestr("data/blob.bin", b"\xff\x00\xfe")
+        archive.writestr("data/notes.txt", "notes")
+    assert ui_server.upload("shown", packed.getvalue()).status == 200
+    seen = visit("admin", "1234")
+    page = seen.page
+    page.click("#function-list [data-name=shown]")
+    expect(page.locator("#code-text")).to_have_text(source)  # func.py first, as text
+    assert page.locator("img").count() == 0
+    picker = page.locator("#code-file")
+    expect(picker.locator("option")).to_have_text(["data/blob.bin (3 bytes)", "data/notes.txt (5 bytes)",
+                                                   f"func.py ({len(source)} bytes)"])
+    picker.select_option(label="data/blob.bin (3 bytes)")
+    expect(page.locator("#code-text")).to_have_text("(binary or large: 3 bytes)")
+    picker.select_option(label="data/notes.txt (5 bytes)")
+    expect(page.locator("#code-text")).to_have_text("notes")
+    seen.assert_clean()

@@ -35,6 +35,7 @@ const state = {
   names: [],         // the functions the list shows
   selected: null,    // the name of the function in the detail pane
   info: null,        // its description (GET /admin/functions/<name>)
+  code: null,        // the files of a live version: {name, version, files: [{path, size, text}]}
   calls: [],         // its newest calls, oldest first
   history: [],       // /admin/status samples, oldest first
   stopped: null,     // why the page asks nothing more (signed out, blocked), once it is so
@@ -263,6 +264,7 @@ function wire() {
   showSettingHint();
   $("#delete").addEventListener("click", () => confirmDelete(true));
   $("#delete-no").addEventListener("click", () => confirmDelete(false));
+  $("#code-file").addEventListener("change", showFile);
   $("#delete-yes").addEventListener("click", guarded("#delete-result", remove));
 }
 
@@ -344,6 +346,30 @@ async function loadInfo(name) {
     ["updated", date(info.updated)], ["calls kept", `${info.invocations} (${plural(info.errors, "error")})`],
   ], "code");
   showConvention(info.calling);
+  await loadCode(name, info.version);
+}
+
+/** The live version's files in the Code card, read again only when the live version changed (a deploy, a
+ *  PATCH, a rollback); one file at a time, chosen with a picker when there are several. */
+async function loadCode(name, version) {
+  if (state.code && state.code.name === name && state.code.version === version) return;
+  const reply = await api("GET", `${functionPath(name)}/code`);
+  if (state.selected !== name || !reply.ok) return;
+  const picker = $("#code-file");
+  const shownBefore = state.code && state.code.name === name ? picker.selectedOptions[0].dataset.path : "func.py";
+  state.code = reply.body;
+  picker.replaceChildren(...state.code.files.map((file, index) =>
+    h("option", { value: index, "data-path": file.path }, `${file.path} (${plural(file.size, "byte")})`)));
+  const again = state.code.files.findIndex((file) => file.path === shownBefore);
+  picker.value = String(Math.max(0, again));
+  $("#code-picker").hidden = state.code.files.length < 2;
+  showFile();
+}
+
+/** The chosen file's text, as text; a binary or large file (the server sends no text for it) by its size. */
+function showFile() {
+  const file = state.code.files[Number($("#code-file").value)];
+  $("#code-text").textContent = file.text ?? `(binary or large: ${plural(file.size, "byte")})`;
 }
 
 /** A two-column table of (label, value); each value cell gets the id `<prefix>-<label>`. */
