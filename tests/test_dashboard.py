@@ -160,11 +160,13 @@ def _open(browser: Browser, base: str, user: str, password: str, query: str = ""
 
 @pytest.fixture
 def visit(browser: Browser, ui_server: Server) -> Iterator[Callable[..., Visit]]:
-    """`visit(user, password, query="", server=ui_server)`: a page of its own browser context, closed after."""
+    """`visit(user, password, query="", server=ui_server, before=None)`: a page of its own browser context (see
+    _open), closed after the test."""
     pages: list[Page] = []
 
-    def open_as(user: str, password: str, query: str = "", server: Server = ui_server) -> Visit:
-        seen = _open(browser, f"http://127.0.0.1:{server.port}", user, password, query)
+    def open_as(user: str, password: str, query: str = "", server: Server = ui_server,
+                before: Callable[[Page], None] | None = None) -> Visit:
+        seen = _open(browser, f"http://127.0.0.1:{server.port}", user, password, query, before)
         pages.append(seen.page)
         return seen
 
@@ -353,33 +355,33 @@ def test_a_viewer_sees_functions_calls_and_status_and_can_change_nothing(visit: 
 POLL = "?poll=0.5"  # the page's periods shortened for the tests (app.js clamps it to at least 0.5 s)
 
 
-def _asks_nothing_more(seen: Visit, periods: float = 3) -> None:
-    """No request for `periods` poll periods (a fixed wait: what is checked is that nothing happens)."""
-    before = len(seen.requests)
-    seen.page.wait_for_timeout(periods * 500)
-    assert seen.requests[before:] == []
+HIDDEN = "Object.defineProperty(document, 'hidden', { get: () => true });"  # a tab in the background
 
 
-def test_a_deleted_user_is_told_and_the_page_stops_asking(ui_server: Server, visit: Callable[..., Visit]) -> None:
+def test_a_page_asks_nothing_more_once_signed_out_or_blocked_nor_while_in_the_background(
+        ui_server: Server, visit: Callable[..., Visit]) -> None:
     doc = {"name": "leaving", "password": PASSWORD, "role": "viewer"}
     assert ui_server.request("POST", "/admin/users", json.dumps(doc)).status == 201
-    seen = visit("leaving", PASSWORD, POLL)
-    page = seen.page
-    page.click("#function-list [data-name=resize]")
-    expect(page.locator("#calls tbody tr").first).to_be_visible()  # and every poll is running
+    leaving, blocked = visit("leaving", PASSWORD, POLL), visit("view", PASSWORD, POLL)
+    background = visit("view", PASSWORD, POLL, before=lambda page: page.add_init_script(HIDDEN))
+
+    leaving.page.click("#function-list [data-name=resize]")
+    expect(leaving.page.locator("#calls tbody tr").first).to_be_visible()  # and every poll is running
     assert ui_server.request("DELETE", "/admin/users/leaving").status in (200, 204)
-    expect(page.locator("#stopped")).to_have_text(re.compile(r"signed out: reload to log in again", re.I))
-    _asks_nothing_more(seen)
+    expect(leaving.page.locator("#stopped")).to_have_text(re.compile(r"signed out: reload to log in again", re.I))
 
+    refusal = json.dumps({"error": {"code": "too_many_failed_logins", "message": "too many failed logins"}})
+    blocked.page.route("**/admin/status", lambda route: route.fulfill(
+        status=429, headers={"Retry-After": "60"}, content_type="application/json", body=refusal))
+    expect(blocked.page.locator("#stopped")).to_have_text(re.compile(r"blocked for 60 s", re.I))
 
-def test_a_blocked_address_is_told_for_how_long_and_the_page_stops_asking(visit: Callable[..., Visit]) -> None:
-    seen = visit("view", PASSWORD, POLL)
-    page = seen.page
-    blocked = json.dumps({"error": {"code": "too_many_failed_logins", "message": "too many failed logins"}})
-    page.route("**/admin/status", lambda route: route.fulfill(
-        status=429, headers={"Retry-After": "60"}, content_type="application/json", body=blocked))
-    expect(page.locator("#stopped")).to_have_text(re.compile(r"blocked for 60 s", re.I))
-    _asks_nothing_more(seen)
+    expect(background.page.locator("#function-list [data-name=resize]")).to_be_visible()  # loaded once, then quiet
+    expect(background.page.locator("#memory-now")).to_contain_text("MB")
+    expect(background.page.locator("#stopped")).to_be_hidden()
+
+    counts = [len(seen.requests) for seen in (leaving, blocked, background)]
+    leaving.page.wait_for_timeout(3 * 500)  # three poll periods: what is checked is that nothing happens
+    assert [len(seen.requests) for seen in (leaving, blocked, background)] == counts
 
 
 # -- answers that come late ------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ const state = {
   me: null,          // {name, role, functions} of the credentials
   can: RIGHTS.viewer,
   names: [],         // the functions the list shows
+  listed: false,     // whether the list has been read once
   selected: null,    // the name of the function in the detail pane
   info: null,        // its description (GET /admin/functions/<name>)
   code: null,        // the files of a live version: {name, version, files: [{path, size, text}]}
@@ -273,6 +274,7 @@ async function refreshList() {
   const reply = await api("GET", "/admin/functions");
   if (!reply.ok) { say(problem(reply), "error"); return; }
   state.names = reply.body;
+  state.listed = true;
   const rows = await Promise.all(reply.body.map(summary));
   const list = $("#function-list");
   list.replaceChildren(...rows.filter((row) => row.info).map(listItem));
@@ -424,8 +426,10 @@ function showCall(record) {
   detail.hidden = false;
 }
 
-/** Every few seconds: the list (new calls, schedules) and the selected function's calls. */
+/** Every few seconds: the list (new calls, schedules) and the selected function's calls; a background tab asks
+ *  nothing once it has its first list. */
 async function refreshSelection() {
+  if (document.hidden && state.listed) return;
   await refreshList();
   if (state.selected) await loadCalls(state.selected);
 }
