@@ -569,3 +569,24 @@ def test_the_code_card_shows_each_file_as_text(ui_server: Server, visit: Callabl
     picker.select_option(label="data/notes.txt (5 bytes)")
     expect(page.locator("#code-text")).to_have_text("notes")
     seen.assert_clean()
+
+
+# -- what the log did not keep ------------------------------------------------------------------------------
+
+CHATTY = "def main(*args):\n    print('x' * 70_000)\n    return 'y' * 70_000\n"
+
+
+def test_what_a_record_did_not_keep_is_marked_with_its_size(ui_server: Server, visit: Callable[..., Visit]) -> None:
+    assert ui_server.upload("chatty", CHATTY).status == 200
+    assert ui_server.call("chatty", ["a" * 70_000]).status == 200  # an input past the record's 64 KiB
+    seen = visit("admin", "1234")
+    page = seen.page
+    page.click("#function-list [data-name=chatty]")
+    _invoke(page, "[]")
+    expect(page.locator("#invoke-result")).to_contain_text("y" * 1000)  # the answer itself is whole
+    expect(page.locator("#invoke-output")).to_contain_text("(truncated: the first 65536 characters are kept)")
+    rows = page.locator("#calls tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0).locator("td").nth(5)).to_have_text("(truncated, 70002 bytes)")   # its result
+    expect(rows.nth(1).locator("td").nth(4)).to_have_text(re.compile(r"^\(truncated, 700\d\d bytes\)$"))  # input
+    seen.assert_clean()

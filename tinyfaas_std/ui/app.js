@@ -407,11 +407,33 @@ async function loadCalls(name, callId) {
   return callId ? state.calls.find((record) => record.id === callId) || null : null;
 }
 
+// What a record did not keep is marked, never shown as `null` or cut silently: past 64 KiB a record holds no
+// value for an input, a result, an error or an http body, but `<key>_truncated` and `<key>_bytes` (protocol.py,
+// calls.py, conventions.py); past OUTPUT_CAP characters, stdout and stderr are cut and flagged (_worker.py).
+const OUTPUT_CAP = 65536;
+const cut = (bytes) => `(truncated, ${plural(bytes, "byte")})`;
+
+/** `holder[key]`, or the marker of what the record did not keep of it. */
+const kept = (holder, key) => (holder[`${key}_truncated`] ? cut(holder[`${key}_bytes`]) : holder[key]);
+
+function callInput(record) {
+  if (record.input_truncated) return cut(record.input_bytes);
+  if ("event" in record) return record.event;
+  if ("request" in record) return { ...record.request, body: kept(record.request, "body") };
+  return Object.keys(record.kwargs || {}).length ? { args: record.args, kwargs: record.kwargs } : record.args;
+}
+
+function callAnswer(record) {
+  if (record.status !== "ok") {
+    return record.error_truncated ? cut(record.error_bytes) : record.error && `${record.error.type}: ${record.error.message}`;
+  }
+  return "response" in record ? kept(record.response, "body") : kept(record, "result");
+}
+
+const printed = (text, truncated) => (truncated ? `${text}\n(truncated: the first ${OUTPUT_CAP} characters are kept)` : text);
+
 function callRow(record) {
-  const input = "event" in record ? record.event : "request" in record ? record.request
-    : Object.keys(record.kwargs || {}).length ? { args: record.args, kwargs: record.kwargs } : record.args;
-  const answer = record.status === "ok" ? ("response" in record ? record.response.body : record.result)
-    : record.error && `${record.error.type}: ${record.error.message}`;
+  const [input, answer] = [callInput(record), callAnswer(record)];
   const row = h("tr", { class: `call ${record.status}`, "data-id": record.id, tabindex: 0 },
     h("td", { title: date(record.start) }, clock(record.start)), h("td", {}, badge(record.status, record.status)),
     h("td", { class: "number" }, seconds(record.duration)), h("td", {}, record.trigger || ""),
@@ -603,7 +625,8 @@ function showAnswer(reply, calling, roundTrip) {
 
 /** What the call printed and how long it ran, from its log record (for users who may read logs). */
 function showRecord(record) {
-  const output = [record.stdout, record.stderr && `stderr:\n${record.stderr}`].filter(Boolean).join("\n");
+  const output = [printed(record.stdout, record.stdout_truncated),
+    record.stderr && `stderr:\n${printed(record.stderr, record.stderr_truncated)}`].filter(Boolean).join("\n");
   $("#invoke-output-box").hidden = false;
   $("#invoke-output").textContent = output || "(nothing printed)";
   $("#invoke-duration").textContent = `in ${seconds(record.duration)}`;
