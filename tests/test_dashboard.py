@@ -590,3 +590,41 @@ def test_what_a_record_did_not_keep_is_marked_with_its_size(ui_server: Server, v
     expect(rows.nth(0).locator("td").nth(5)).to_have_text("(truncated, 70002 bytes)")   # its result
     expect(rows.nth(1).locator("td").nth(4)).to_have_text(re.compile(r"^\(truncated, 700\d\d bytes\)$"))  # input
     seen.assert_clean()
+
+
+# -- small things ---------------------------------------------------------------------------------------------
+
+def test_an_error_names_its_line_once(visit: Callable[..., Visit]) -> None:
+    seen = visit("admin", "1234")
+    page = seen.page
+    _deploy(page, "broken", "def main():\n    return (\n")
+    expect(page.locator("#deploy-result")).to_contain_text("does not compile")
+    assert page.locator("#deploy-result").inner_text().count("line 2") == 1
+    page.locator("#deploy-form [name=env]").fill("A=1\nnot a pair")
+    page.locator("#deploy-form [name=file]").set_input_files(files=[{"name": "f.py", "mimeType": "text/x-python",
+                                                                     "buffer": ADDER.encode()}])
+    page.locator("#deploy-form button[type=submit]").click()
+    expect(page.locator("#deploy-result")).to_contain_text("expected NAME=VALUE")
+    assert page.locator("#deploy-result").inner_text().count("line 2") == 1
+
+
+def test_credentials_in_the_address_are_explained(browser: Browser, ui_server: Server) -> None:
+    page = browser.new_page()
+    try:
+        page.goto(f"http://admin:1234@127.0.0.1:{ui_server.port}/ui")
+        expect(page.locator("#welcome")).to_have_text(re.compile("open /ui without credentials in the URL", re.I))
+    finally:
+        page.close()
+
+
+def test_a_function_deleted_elsewhere_leaves_the_pane_with_a_word(ui_server: Server,
+                                                                  visit: Callable[..., Visit]) -> None:
+    assert ui_server.upload("doomed", ADDER).status == 200
+    seen = visit("admin", "1234", POLL)
+    page = seen.page
+    page.click("#function-list [data-name=doomed]")
+    expect(page.locator("#detail-name")).to_have_text("doomed")
+    assert ui_server.request("DELETE", "/admin/functions/doomed").status in (200, 204)
+    expect(page.locator("#detail")).to_be_hidden()
+    expect(page.locator("#welcome")).to_have_text("doomed no longer exists: it was deleted elsewhere.")
+    expect(page.locator("#function-list [data-name=doomed]")).to_have_count(0)

@@ -132,11 +132,12 @@ function functionUrl(name, typed = "") {
   return url;
 }
 
-/** A sentence for a failed answer: the error's code and message, and the fields that help (line, pip output). */
+/** A sentence for a failed answer: the error's code and message, and the fields that help (the line, when the
+ *  message does not name it already; pip's output). */
 function problem(reply) {
   const error = reply.body && reply.body.error;
   if (!error || typeof error !== "object") return `${reply.status}: ${String(reply.body).slice(0, 300)}`;
-  const where = error.line ? ` (line ${error.line})` : "";
+  const where = error.line && !String(error.message).includes(`line ${error.line}`) ? ` (line ${error.line})` : "";
   const pip = error.pip_output ? `\n${error.pip_output}` : "";
   return `${reply.status} ${error.code || error.type || "error"}: ${error.message}${where}${pip}`;
 }
@@ -213,6 +214,9 @@ function short(value, length = 60) {
   return text.length > length ? `${text.slice(0, length - 1)}…` : text;
 }
 
+/** Whether an answer says the function does not exist (any more). */
+const isGone = (reply) => reply.status === 404 && reply.body && reply.body.error && reply.body.error.code === "function_not_found";
+
 /** A user's action as an event handler: whatever it throws (no answer from the server, a value the form
  *  refuses) is shown in `box`, the action's own outcome line (the message line when null), and never escapes
  *  as an unhandled rejection. */
@@ -230,6 +234,11 @@ function guarded(box, task) {
 // -- views: who, the list, the detail pane ------------------------------------------------------------------
 
 async function start() {
+  const opened = new URL(document.URL);  // (location.href hides them; fetch refuses every URL of such a page)
+  if (opened.username || opened.password) {
+    $("#welcome").textContent = "Open /ui without credentials in the URL: the browser asks for them.";
+    return;
+  }
   const me = await api("GET", "/admin/me");
   if (!me.ok) { $("#welcome").textContent = problem(me); return; }
   state.me = me.body;
@@ -302,6 +311,17 @@ function showPane() {
   $("#welcome").hidden = !$("#detail").hidden || !$("#deploy-form").hidden;
 }
 
+/** Leave the detail pane of a function that is gone; `note`, in the welcome's place, says so. */
+function closeDetail(note) {
+  state.selected = null;
+  markSelected();
+  $("#detail").hidden = true;
+  $("#welcome").textContent = note;
+  showPane();
+}
+
+const GONE_ELSEWHERE = (name) => `${name} no longer exists: it was deleted elsewhere.`;
+
 /** Show `name` in the detail pane (shown first, so that charts drawn into it know their width). */
 async function select(name) {
   state.selected = name;
@@ -326,6 +346,7 @@ function markSelected() {
 async function loadInfo(name) {
   const reply = await api("GET", functionPath(name));
   if (state.selected !== name) return;
+  if (isGone(reply)) { closeDetail(GONE_ELSEWHERE(name)); return; }
   if (!reply.ok) { say(problem(reply), "error"); return; }
   const info = state.info = reply.body;
   $("#detail-name").textContent = name;
@@ -398,7 +419,9 @@ async function loadVersions(name) {
 /** The newest calls: a chart of their durations and a table; returns the record of `callId` when given. */
 async function loadCalls(name, callId) {
   const reply = await api("GET", logsPath(name, CALLS_SHOWN));
-  if (state.selected !== name || !reply.ok) return null;
+  if (state.selected !== name) return null;
+  if (isGone(reply)) { closeDetail(GONE_ELSEWHERE(name)); return null; }
+  if (!reply.ok) return null;
   state.calls = reply.body;
   $("#card-calls").hidden = false;
   $("#calls-count").textContent = `(newest ${state.calls.length})`;
@@ -697,11 +720,7 @@ async function remove() {
   const name = state.selected;
   const reply = await api("DELETE", functionPath(name));
   if (!reply.ok) throw new Error(problem(reply));
-  if (state.selected === name) {
-    state.selected = null;
-    $("#detail").hidden = true;
-    showPane();
-  }
+  if (state.selected === name) closeDetail(`Deleted ${name}. Select a function, or deploy one.`);
   say(`deleted ${name}`);
   await refreshList();
 }
