@@ -350,6 +350,34 @@ def test_a_viewer_sees_functions_calls_and_status_and_can_change_nothing(visit: 
     seen.assert_clean()
 
 
+
+def test_a_developer_of_some_functions_sees_and_changes_only_those_and_asks_nothing_forbidden(
+        ui_server: Server, visit: Callable[..., Visit], tmp_path: Path) -> None:
+    assert ui_server.upload("report-daily", ADDER).status == 200
+    doc = {"name": "dev", "password": PASSWORD, "role": "developer", "functions": ["report-*"]}
+    assert ui_server.request("POST", "/admin/users", json.dumps(doc)).status == 201
+    seen = visit("dev", PASSWORD)
+    page = seen.page
+    expect(page.locator("#function-list li")).to_have_count(1)
+    expect(page.locator("#server-status")).to_be_visible()
+    _deploy(page, "report-x", ADDER)
+    expect(page.locator("#detail-name")).to_have_text("report-x")
+    expect(page.locator("#code-text")).to_have_text(ADDER)
+    expect(page.locator("#function-list li")).to_have_count(2)
+    _invoke(page, "[2, 3]")
+    expect(page.locator("#invoke-output")).to_contain_text("adding 2 3")
+    _change(page, "max_workers", "2")
+    expect(page.locator("#setting-max_workers")).to_have_text("2")
+    page.click("#versions button[data-version='1']")
+    expect(page.locator("#versions tr.live")).to_contain_text("v1")
+    page.click("#function-list [data-name=report-daily]")
+    expect(page.locator("#code-text")).to_have_text(ADDER)
+    page.click("#delete")
+    page.click("#delete-yes")
+    expect(page.locator("#function-list li")).to_have_count(1)
+    _shot(page, tmp_path, "developer")
+    seen.assert_clean()  # and no 403: every request was one a developer of report-* may make
+
 # -- when the credentials stop working ---------------------------------------------------------------------------
 
 POLL = "?poll=0.5"  # the page's periods shortened for the tests (app.js clamps it to at least 0.5 s)
