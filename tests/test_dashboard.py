@@ -151,10 +151,14 @@ def _open(browser: Browser, base: str, user: str, password: str, query: str = ""
     page.on("console", lambda message: message.type == "error" and "Failed to load resource" not in message.text
             and seen.problems.append(message.text))
     page.on("dialog", lambda dialog: (seen.dialogs.append(dialog.message), dialog.dismiss()))
-    response = page.goto(f"{base}/ui{query}")
+    return _load(seen, user, query)
+
+
+def _load(seen: Visit, user: str, query: str = "") -> Visit:
+    response = seen.page.goto(f"{seen.base}/ui{query}")
     assert response is not None and response.status == 200
     assert response.headers["content-security-policy"] == "default-src 'self'"
-    expect(page.locator("#me")).to_contain_text(user)
+    expect(seen.page.locator("#me")).to_contain_text(user)
     return seen
 
 
@@ -175,6 +179,24 @@ def visit(browser: Browser, ui_server: Server) -> Iterator[Callable[..., Visit]]
         page.context.close()
 
 
+@pytest.fixture(scope="module")
+def admin_page(browser: Browser, ui_server: Server) -> Iterator[Visit]:
+    seen = _open(browser, f"http://127.0.0.1:{ui_server.port}", "admin", "1234")
+    yield seen
+    seen.page.context.close()
+
+
+@pytest.fixture
+def admin(admin_page: Visit) -> Callable[[], Visit]:
+    """`admin()`: the admin's page, loaded again (cheaper than a browser context of its own) once the test has
+    made what it needs; what it records from then on is the test's. A test leaves no route on it."""
+    def load() -> Visit:
+        for record in (admin_page.requests, admin_page.forbidden, admin_page.problems, admin_page.dialogs):
+            record.clear()
+        return _load(admin_page, "admin")
+    return load
+
+
 def _shot(page: Page, folder: Path, name: str) -> None:
     path = folder / f"{name}.png"
     page.screenshot(path=path, full_page=True)
@@ -186,9 +208,9 @@ def _invoke(page: Page, arguments: str) -> None:
     page.locator("#invoke-form button[type=submit]").click()
 
 
-def test_deploy_invoke_change_roll_back_and_delete_through_the_page(ui_server: Server, visit: Callable[..., Visit],
+def test_deploy_invoke_change_roll_back_and_delete_through_the_page(ui_server: Server, admin: Callable[[], Visit],
                                                                     tmp_path: Path) -> None:
-    seen = visit("admin", "1234")
+    seen = admin()
     page = seen.page
     expect(page.locator("#function-list [data-name=resize]")).to_contain_text("11 calls · 1 error")
     expect(page.locator("#cpu-chart polyline.server")).to_have_count(1)  # live status, as inline SVG
@@ -277,13 +299,13 @@ def _readme_picture(page: Page) -> None:
     expect(page.locator("#detail-name")).to_have_text("adder")
 
 
-def test_what_functions_return_or_print_is_shown_as_text(ui_server: Server, visit: Callable[..., Visit],
+def test_what_functions_return_or_print_is_shown_as_text(ui_server: Server, admin: Callable[[], Visit],
                                                          tmp_path: Path) -> None:
     assert ui_server.upload("evil", f"def main():\n    print({EVIL!r})\n    return {EVIL!r}\n").status == 200
     assert ui_server.upload("evil_error", f"def main():\n    raise ValueError({EVIL!r})\n").status == 200
     page_source = f"def main(request):\n    return {{'statusCode': 200, 'headers': {{'Content-Type': 'text/html'}}, 'body': {EVIL!r}}}\n"
     assert ui_server.upload("evil_page", page_source, fields={"calling": "http"}).status == 200
-    seen = visit("admin", "1234")
+    seen = admin()
     page = seen.page
 
     page.click("#function-list [data-name=evil]")
@@ -380,17 +402,17 @@ def test_a_developer_of_some_functions_sees_and_changes_only_those_and_asks_noth
 
 # -- when the credentials stop working ---------------------------------------------------------------------------
 
-POLL = "?poll=0.5"  # the page's periods shortened for the tests (app.js clamps it to at least 0.5 s)
+POLL = "?poll=0.25"  # the page's periods shortened for the tests (the shortest app.js allows)
 
 
 HIDDEN = "Object.defineProperty(document, 'hidden', { get: () => true });"  # a tab in the background
 
 
 def test_a_page_asks_nothing_more_once_signed_out_or_blocked_nor_while_in_the_background(
-        ui_server: Server, visit: Callable[..., Visit]) -> None:
-    doc = {"name": "leaving", "password": PASSWORD, "role": "viewer"}
+        ui_server: Server, visit: Callable[..., Visit], admin_page: Visit) -> None:
+    doc = {"name": "leaving", "password": PASSWORD, "role": "viewer", "functions": ["resize"]}
     assert ui_server.request("POST", "/admin/users", json.dumps(doc)).status == 201
-    leaving, blocked = visit("leaving", PASSWORD, POLL), visit("view", PASSWORD, POLL)
+    leaving = visit("leaving", PASSWORD, POLL)
     background = visit("view", PASSWORD, POLL, before=lambda page: page.add_init_script(HIDDEN))
 
     leaving.page.click("#function-list [data-name=resize]")
@@ -398,6 +420,7 @@ def test_a_page_asks_nothing_more_once_signed_out_or_blocked_nor_while_in_the_ba
     assert ui_server.request("DELETE", "/admin/users/leaving").status in (200, 204)
     expect(leaving.page.locator("#stopped")).to_have_text(re.compile(r"signed out: reload to log in again", re.I))
 
+    blocked = _load(admin_page, "admin", POLL)  # (the admin's own page: its route goes again at the end)
     refusal = json.dumps({"error": {"code": "too_many_failed_logins", "message": "too many failed logins"}})
     blocked.page.route("**/admin/status", lambda route: route.fulfill(
         status=429, headers={"Retry-After": "60"}, content_type="application/json", body=refusal))
@@ -408,18 +431,19 @@ def test_a_page_asks_nothing_more_once_signed_out_or_blocked_nor_while_in_the_ba
     expect(background.page.locator("#stopped")).to_be_hidden()
 
     counts = [len(seen.requests) for seen in (leaving, blocked, background)]
-    leaving.page.wait_for_timeout(3 * 500)  # three poll periods: what is checked is that nothing happens
+    leaving.page.wait_for_timeout(4 * 250)  # four poll periods: what is checked is that nothing happens
     assert [len(seen.requests) for seen in (leaving, blocked, background)] == counts
+    blocked.page.unroute("**/admin/status")
 
 
 # -- answers that come late ------------------------------------------------------------------------------------
 
-SLOW = "import time\n\ndef main():\n    time.sleep(1.5)\n    return 'the slow answer'\n"
+SLOW = "import time\n\ndef main():\n    time.sleep(1)\n    return 'the slow answer'\n"
 
 
-def test_a_slow_answer_never_shows_under_another_function(ui_server: Server, visit: Callable[..., Visit]) -> None:
+def test_a_slow_answer_never_shows_under_another_function(ui_server: Server, admin: Callable[[], Visit]) -> None:
     assert ui_server.upload("slow", SLOW).status == 200
-    seen = visit("admin", "1234")
+    seen = admin()
     page = seen.page
     page.click("#function-list [data-name=slow]")
     with page.expect_request_finished(lambda request: request.url.endswith("/function/slow")):
@@ -440,8 +464,8 @@ def _http_invoke(page: Page, method: str, path: str) -> None:
     page.locator("#invoke-form button[type=submit]").click()
 
 
-def test_the_http_path_cannot_leave_the_function_and_is_sent_encoded(visit: Callable[..., Visit]) -> None:
-    seen = visit("admin", "1234")
+def test_the_http_path_cannot_leave_the_function_and_is_sent_encoded(admin: Callable[[], Visit]) -> None:
+    seen = admin()
     page = seen.page
     page.click("#function-list [data-name=greet]")
     expect(page.locator("#http-box")).to_be_visible()
@@ -467,9 +491,9 @@ def _change(page: Page, key: str, value: str) -> None:
 
 
 def test_a_number_setting_refuses_what_is_not_a_number_and_empty_means_the_default(
-        ui_server: Server, visit: Callable[..., Visit]) -> None:
+        ui_server: Server, admin: Callable[[], Visit]) -> None:
     assert ui_server.upload("knobs", ADDER).status == 200
-    seen = visit("admin", "1234")
+    seen = admin()
     page = seen.page
     page.click("#function-list [data-name=knobs]")
     expect(page.locator("#patch-form [name=value]")).to_have_attribute("placeholder", re.compile("empty: the server's default"))
@@ -547,10 +571,10 @@ def _deploy(page: Page, name: str, source: str, filename: str = "func.py") -> No
     form.locator("button[type=submit]").click()
 
 
-def test_deploying_again_keeps_the_requirements_the_form_shows(ui_server: Server, visit: Callable[..., Visit]) -> None:
+def test_deploying_again_keeps_the_requirements_the_form_shows(ui_server: Server, admin: Callable[[], Visit]) -> None:
     uses_lib = "import greetlib\n\ndef main(who):\n    return greetlib.greet(who)\n"
     assert ui_server.upload("needs", uses_lib, requirements="greetlib\n", fields={"calling": "event"}).status == 200
-    seen = visit("admin", "1234")
+    seen = admin()
     page = seen.page
     page.click("#show-deploy")
     form = page.locator("#deploy-form")
@@ -576,7 +600,7 @@ def test_deploying_again_keeps_the_requirements_the_form_shows(ui_server: Server
 
 # -- the code ------------------------------------------------------------------------------------------------
 
-def test_the_code_card_shows_each_file_as_text(ui_server: Server, visit: Callable[..., Visit]) -> None:
+def test_the_code_card_shows_each_file_as_text(ui_server: Server, admin: Callable[[], Visit]) -> None:
     source = f"# {EVIL}\ndef main():\n    return 1\n"
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as archive:
@@ -584,7 +608,7 @@ def test_the_code_card_shows_each_file_as_text(ui_server: Server, visit: Callabl
         archive.writestr("data/blob.bin", b"\xff\x00\xfe")
         archive.writestr("data/notes.txt", "notes")
     assert ui_server.upload("shown", packed.getvalue()).status == 200
-    seen = visit("admin", "1234")
+    seen = admin()
     page = seen.page
     page.click("#function-list [data-name=shown]")
     expect(page.locator("#code-text")).to_have_text(source)  # func.py first, as text
@@ -604,10 +628,10 @@ def test_the_code_card_shows_each_file_as_text(ui_server: Server, visit: Callabl
 CHATTY = "def main(*args):\n    print('x' * 70_000)\n    return 'y' * 70_000\n"
 
 
-def test_what_a_record_did_not_keep_is_marked_with_its_size(ui_server: Server, visit: Callable[..., Visit]) -> None:
+def test_what_a_record_did_not_keep_is_marked_with_its_size(ui_server: Server, admin: Callable[[], Visit]) -> None:
     assert ui_server.upload("chatty", CHATTY).status == 200
     assert ui_server.call("chatty", ["a" * 70_000]).status == 200  # an input past the record's 64 KiB
-    seen = visit("admin", "1234")
+    seen = admin()
     page = seen.page
     page.click("#function-list [data-name=chatty]")
     _invoke(page, "[]")
@@ -622,8 +646,8 @@ def test_what_a_record_did_not_keep_is_marked_with_its_size(ui_server: Server, v
 
 # -- small things ---------------------------------------------------------------------------------------------
 
-def test_an_error_names_its_line_once(visit: Callable[..., Visit]) -> None:
-    seen = visit("admin", "1234")
+def test_an_error_names_its_line_once(admin: Callable[[], Visit]) -> None:
+    seen = admin()
     page = seen.page
     _deploy(page, "broken", "def main():\n    return (\n")
     expect(page.locator("#deploy-result")).to_contain_text("does not compile")

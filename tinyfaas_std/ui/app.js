@@ -42,11 +42,11 @@ const state = {
   stopped: null,     // why the page asks nothing more (signed out, blocked), once it is so
 };
 
-/** `/ui?poll=SECONDS` polls at another period than the defaults (the tests use it): a number within [0.5, 60]. */
+/** `/ui?poll=SECONDS` polls at another period than the defaults (the tests use it): a number within [0.25, 60]. */
 function pollOverride() {
   const text = new URLSearchParams(location.search).get("poll");
   const value = Number(text);
-  return text && Number.isFinite(value) && value > 0 ? Math.min(60, Math.max(0.5, value)) : null;
+  return text && Number.isFinite(value) && value > 0 ? Math.min(60, Math.max(0.25, value)) : null;
 }
 
 // -- api --------------------------------------------------------------------------------------------------
