@@ -41,6 +41,7 @@ const state = {
   history: [],       // /admin/status samples, oldest first
   stopped: null,     // why the page asks nothing more (signed out, blocked), once it is so
 };
+const timers = new Map();  // poll task -> the timer of its next run (see every()), so that stop() ends them all
 
 /** `/ui?poll=SECONDS` polls at another period than the defaults (the tests use it): a number within [0.25, 60]. */
 function pollOverride() {
@@ -73,7 +74,8 @@ async function api(method, path, body, contentType) {
     throw new Error(`no answer from the server (${error.message})`);
   }
   const isJson = (response.headers.get("Content-Type") || "").startsWith("application/json");
-  const reply = { status: response.status, ok: response.ok, headers: response.headers, body: isJson ? parseJson(text) : text };
+  const reply = { status: response.status, ok: response.ok, headers: response.headers,
+                  body: isJson ? parseJson(text) : text };
   if (refusesUs(reply)) throw new Stopped(stop(reply));
   return reply;
 }
@@ -82,8 +84,7 @@ async function api(method, path, body, contentType) {
  *  function's own answer (each answer of /function/... carries X-Call-Id) nor a busy function's 429. */
 function refusesUs(reply) {
   if (reply.headers.has("X-Call-Id")) return false;
-  const code = reply.body && reply.body.error && reply.body.error.code;
-  return reply.status === 401 || (reply.status === 429 && code === "too_many_failed_logins");
+  return reply.status === 401 || (reply.status === 429 && problemCode(reply) === "too_many_failed_logins");
 }
 
 /** Ask nothing more: every poll's timer ends and api() refuses from now on; the banner says why. */
@@ -141,6 +142,10 @@ function problem(reply) {
   const pip = error.pip_output ? `\n${error.pip_output}` : "";
   return `${reply.status} ${error.code || error.type || "error"}: ${error.message}${where}${pip}`;
 }
+
+/** Whether an answer says the function does not exist (any more). */
+const isGone = (reply) => reply.status === 404 && problemCode(reply) === "function_not_found";
+const problemCode = (reply) => reply.body && reply.body.error && reply.body.error.code;
 
 // -- render helpers -----------------------------------------------------------------------------------------
 
@@ -214,9 +219,6 @@ function short(value, length = 60) {
   return text.length > length ? `${text.slice(0, length - 1)}…` : text;
 }
 
-/** Whether an answer says the function does not exist (any more). */
-const isGone = (reply) => reply.status === 404 && reply.body && reply.body.error && reply.body.error.code === "function_not_found";
-
 /** A user's action as an event handler: whatever it throws (no answer from the server, a value the form
  *  refuses) is shown in `box`, the action's own outcome line (the message line when null), and never escapes
  *  as an unhandled rejection. */
@@ -274,8 +276,8 @@ function wire() {
   showSettingHint();
   $("#delete").addEventListener("click", () => confirmDelete(true));
   $("#delete-no").addEventListener("click", () => confirmDelete(false));
-  $("#code-file").addEventListener("change", showFile);
   $("#delete-yes").addEventListener("click", guarded("#delete-result", remove));
+  $("#code-file").addEventListener("change", showFile);
 }
 
 /** The list: each function with its status, calls, errors and last call (its newest log record). */
@@ -299,7 +301,8 @@ function listItem({ name, info, last }) {
   const counts = `${plural(info.invocations, "call")} · ${plural(info.errors, "error")}`;
   const lastCall = last ? h("span", { class: `last ${last.status}` }, `${last.status} ${ago(last.start)}`)
                         : h("span", { class: "last" }, "never called");
-  const button = h("button", { type: "button", class: "function", "data-name": name, onclick: guarded(null, () => select(name)) },
+  const button = h("button", { type: "button", class: "function", "data-name": name,
+                               onclick: guarded(null, () => select(name)) },
     h("span", { class: `dot ${info.status}`, title: info.status }),
     h("span", { class: "name" }, name),
     h("span", { class: `counts${info.errors ? " has-errors" : ""}` }, counts),
@@ -329,7 +332,10 @@ async function select(name) {
   $("#deploy-form").hidden = true;
   $("#invoke-answer").hidden = true;
   $("#call-detail").hidden = true;
-  for (const box of ["#invoke-problem", "#patch-result", "#versions-result", "#delete-result"]) $(box).textContent = "";
+  for (const box of ["#invoke-problem", "#patch-result", "#versions-result", "#delete-result", "#code-text"]) {
+    $(box).textContent = "";
+  }
+  state.code = null;
   confirmDelete(false);
   $("#detail").hidden = false;
   showPane();
@@ -372,8 +378,8 @@ async function loadInfo(name) {
   await loadCode(name, info.version);
 }
 
-/** The live version's files in the Code card, read again only when the live version changed (a deploy, a
- *  PATCH, a rollback); one file at a time, chosen with a picker when there are several. */
+/** The live version's files in the Code card, read when a function is selected and again only when its live
+ *  version changed (a deploy, a PATCH, a rollback); one file at a time, chosen with a picker when several. */
 async function loadCode(name, version) {
   if (state.code && state.code.name === name && state.code.version === version) return;
   const reply = await api("GET", `${functionPath(name)}/code`);
@@ -448,12 +454,15 @@ function callInput(record) {
 
 function callAnswer(record) {
   if (record.status !== "ok") {
-    return record.error_truncated ? cut(record.error_bytes) : record.error && `${record.error.type}: ${record.error.message}`;
+    if (record.error_truncated) return cut(record.error_bytes);
+    return record.error && `${record.error.type}: ${record.error.message}`;
   }
   return "response" in record ? kept(record.response, "body") : kept(record, "result");
 }
 
-const printed = (text, truncated) => (truncated ? `${text}\n(truncated: the first ${OUTPUT_CAP} characters are kept)` : text);
+/** stdout or stderr, and a line saying so when the worker cut it. */
+const printed = (text, truncated) =>
+  (truncated ? `${text}\n(truncated: the first ${OUTPUT_CAP} characters are kept)` : text);
 
 function callRow(record) {
   const [input, answer] = [callInput(record), callAnswer(record)];
@@ -624,7 +633,7 @@ async function invoke(event) {
   if (state.can.read && state.selected === name) {
     const [record] = await Promise.all([loadCalls(name, reply.headers.get("X-Call-Id")), loadInfo(name)]);
     if (record) showRecord(record);
-    refreshList();
+    await refreshList();
   }
 }
 
@@ -788,8 +797,6 @@ async function pollStatus() {
   lineChart($("#cpu-chart"), [["server", (x) => x.process.cpu_millicores], ["workers", (x) => x.workers.cpu_millicores]], "m");
   lineChart($("#memory-chart"), [["server", (x) => x.process.memory_mb], ["workers", (x) => x.workers.memory_mb]], "MB");
 }
-
-const timers = new Map();  // task -> the timer of its next run, so that stop() can end them all
 
 /** Run `task` every `period` seconds, the first time after `first` seconds, each run after the previous one
  *  has ended (never two at once). */
