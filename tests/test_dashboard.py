@@ -1,7 +1,13 @@
 """The dashboard (SPEC 13): its files and their headers over plain HTTP, then the page itself in a real headless
 Chromium (Debian's, driven by Playwright) against the real server: deploy through the form, invoke, see the
-result and the new call, change a setting, roll back, delete; what functions return or print stays text; each
-role sees what it may use and asks for nothing else; and the page asks nothing of any other host.
+result, the new call and the code, change a setting, roll back, delete; what functions return or print, and their
+source, stays text; each role sees what it may use and asks for nothing else; the page asks nothing of any other
+host, and nothing at all once signed out or blocked, nor while in the background; late answers, paths that would
+leave a function, settings that are not numbers, a server that does not answer and records that were cut are each
+shown for what they are.
+
+The admin's tests share one page, loaded again for each; the others open their own. `/ui?poll=0.25` shortens the
+page's polling where a test waits for it (the page's CSP forbids `wait_for_function`: waits are `expect()`s).
 
 Screenshots of each state go to the test's tmp_path (their paths are printed: `pytest -s`). With
 TINYFAAS_SCREENSHOT_OUT=docs/dashboard.png the first browser test also writes the README's picture there.
