@@ -666,9 +666,9 @@ function showRecord(record) {
 
 /** What the Value field of the settings form takes, per setting (its placeholder). */
 const SETTING_HINTS = {
-  timeout: "seconds; empty: the server's default",
-  memory_mb: "MiB; empty: the server's default",
-  max_workers: "a count; empty: the server's default",
+  timeout: "seconds; empty: default",   // the server's --timeout, as for a function that never set it
+  memory_mb: "MiB; empty: default",
+  max_workers: "a count; empty: default",
   calling: "args, event or http",
   schedule: "a cron expression; empty: no schedule",
   env: "KEY=VALUE; KEY alone removes it",
