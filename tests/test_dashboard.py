@@ -141,7 +141,7 @@ class Visit:
 
 
 def _open(browser: Browser, base: str, user: str, password: str, query: str = "",
-          before: Callable[[Page], None] | None = None) -> Visit:
+          before: Callable[[Page], object] | None = None) -> Visit:
     """Opens /ui as a user (the browser answers the Basic Auth prompt) and records what happens; `before` is
     done to the page before it loads (e.g. routes that fail some requests)."""
     context = browser.new_context(http_credentials={"username": user, "password": password},
@@ -175,7 +175,7 @@ def visit(browser: Browser, ui_server: Server) -> Iterator[Callable[..., Visit]]
     pages: list[Page] = []
 
     def open_as(user: str, password: str, query: str = "", server: Server = ui_server,
-                before: Callable[[Page], None] | None = None) -> Visit:
+                before: Callable[[Page], object] | None = None) -> Visit:
         seen = _open(browser, f"http://127.0.0.1:{server.port}", user, password, query, before)
         pages.append(seen.page)
         return seen
