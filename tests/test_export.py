@@ -87,6 +87,11 @@ def main(request):
             "type": request["headers"].get("content-type"), "key": os.environ.get("API_KEY"),
             "units": os.environ.get("UNITS"), "env": sorted(os.environ)}
 """
+MARKER = "shadow-module-imported-" + uuid.uuid4().hex[:8]
+SHADOWED = {  # modules named like the standard library's, which serve-one itself imports: they must stay the function's
+    "func.py": b"import gzip\nimport tempfile\n\n\ndef main():\n    return [gzip.WHO, tempfile.WHO]\n",
+    **{f"{module}.py": (f"import sys\nprint({MARKER!r})\nprint({MARKER!r}, file=sys.stderr)\n"
+                        f"WHO = 'the function\\'s {module}'\n").encode() for module in ("gzip", "tempfile")}}
 HTTP_FILES = {"func.py": HTTP.encode(), "lib/__init__.py": b"", "lib/helpers.py": b"def shout(s):\n    return "
               b"s.upper() + '!'\n", "data/hello.txt": "hello from a data file \u263a\n".encode()}
 
@@ -119,6 +124,7 @@ def deployed(server: Server) -> Server:
         resp = server.upload(name, source, requirements="greetlib==1.0\n", fields={**SETTINGS, **calling})
         assert resp.status == 200, resp.raw
     assert server.upload("ex-plain", "def main():\n    return 1\n").status == 200
+    assert server.upload("ex-shadow", _tar_gz(SHADOWED)).status == 200
     return server
 
 
@@ -127,7 +133,7 @@ def exports(deployed: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """Each function's export, written by the client verb."""
     root = tmp_path_factory.mktemp("exports")
     folders = {}
-    for name in ("ex-args", "ex-event", "ex-http", "ex-plain"):
+    for name in ("ex-args", "ex-event", "ex-http", "ex-plain", "ex-shadow"):
         done = tf(deployed.port, "export", name, "--out", str(root / name))
         assert done.returncode == 0, done.stderr
         assert f"exported to {root / name}" in done.stdout
@@ -176,19 +182,20 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def serve_one(folder: Path, python: str, env: dict[str, str] | None = None, *args: str,
-              wait: bool = True) -> One | subprocess.CompletedProcess[bytes]:
-    """`python -m tinyfaas_std serve-one FOLDER` run from FOLDER (so its own copy of the runtime is the one
+def serve_one(folder: Path, python: str, env: dict[str, str] | None = None, *args: str, wait: bool = True,
+              cwd: Path | None = None) -> One | subprocess.CompletedProcess[bytes]:
+    """`python -m tinyfaas_std serve-one FOLDER` run from FOLDER/runtime (so the runtime copied there is the one
     imported, as in the image), on a free port. The environment carries a marker no worker may see."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TINYFAAS_", "PORT"))}
     base["HOST_ONLY_MARKER"] = "must-not-reach-a-worker"
     cmd = [sys.executable, "-m", "tinyfaas_std", "serve-one", str(folder), "--host", "127.0.0.1", "--port", "0",
            "--python", python, "--secrets-dir", str(folder.parent / "no-secrets-here"), *args]
+    cwd = cwd or folder / "runtime"
     if not wait:
-        return subprocess.run(cmd, cwd=folder, env={**base, **(env or {})}, capture_output=True, timeout=60)
+        return subprocess.run(cmd, cwd=cwd, env={**base, **(env or {})}, capture_output=True, timeout=60)
     out, err = folder.parent / f"{folder.name}.out", folder.parent / f"{folder.name}.err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        proc = subprocess.Popen(cmd, cwd=folder, env={**base, **(env or {})}, stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**base, **(env or {})}, stdout=stdout, stderr=stderr)
     deadline = time.monotonic() + 30
     while "serving" not in (text := out.read_text()) and time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -210,6 +217,7 @@ def ones(exports: dict[str, Path], worker_python: str) -> Iterator[dict[str, One
         "ex-args": ({"API_KEY": SECRET, "TINYFAAS_USERNAME": ONE_AUTH[0], "TINYFAAS_PASSWORD": ONE_AUTH[1]}, ()),
         "ex-event": ({}, ("--secrets-dir", str(secrets_dir))),
         "ex-http": ({"API_KEY": SECRET}, ()),
+        "ex-shadow": ({}, ()),
     }
     ones: dict[str, One] = {}
     try:
@@ -234,10 +242,10 @@ def test_the_export_holds_the_function_as_uploaded_and_the_runtime(exports: dict
     args = _files(exports["ex-args"])
     generated = {"func.py", "requirements.txt", "tinyfaas.json", "Dockerfile", ".dockerignore", "knative.yaml",
                  "openfaas.yml", "README.md"}
-    assert {p for p in args if not p.startswith("tinyfaas_std/")} == generated
+    assert {p for p in args if not p.startswith("runtime/")} == generated
     assert args["func.py"] == ARGS.encode() and args["requirements.txt"] == b"greetlib==1.0\n"
     runtime = {p.name for p in (REPO / "tinyfaas_std").glob("*.py")}
-    assert {p.removeprefix("tinyfaas_std/") for p in args if p.startswith("tinyfaas_std/")} == runtime
+    assert {p.removeprefix("runtime/tinyfaas_std/") for p in args if p.startswith("runtime/")} == runtime
     http = _files(exports["ex-http"])  # from an archive: its module layout kept
     assert {p: http[p] for p in HTTP_FILES} == HTTP_FILES
     assert _files(exports["ex-plain"])["requirements.txt"] == b""
@@ -275,10 +283,10 @@ def test_the_route_answers_the_same_files_as_a_tar_gz(deployed: Server, exports:
 
 def test_files_the_export_writes_itself_cannot_come_from_the_function(deployed: Server) -> None:
     assert deployed.upload("ex-clash", _tar_gz({"func.py": b"def main():\n    return 1\n", "README.md": b"mine\n",
-                                                "tinyfaas_std/x.py": b""})).status == 200
+                                                "runtime/x.py": b""})).status == 200
     answer = deployed.request("GET", "/admin/functions/ex-clash/export")
     assert answer.status == 409 and answer.json["error"]["code"] == "export_conflict"
-    assert answer.json["error"]["files"] == ["README.md", "tinyfaas_std/x.py"]
+    assert answer.json["error"]["files"] == ["README.md", "runtime/x.py"]
 
 
 def test_the_client_writes_only_into_a_new_or_empty_folder(deployed: Server, tmp_path: Path) -> None:
@@ -351,6 +359,7 @@ def test_the_dockerfile_installs_exactly_the_requirements_as_a_numeric_non_root_
     assert all(part.isdigit() and int(part) > 0 for part in user)
     assert dict(steps)["EXPOSE"] == "8080"
     assert json.loads(dict(steps)["CMD"]) == ["python", "-m", "tinyfaas_std", "serve-one", "/app"]
+    assert [arg for op, arg in steps if op == "WORKDIR"][-1] == "/app/runtime"  # python -m: the cwd comes first
     assert len([op for op, _ in instructions("ex-plain") if op == "RUN"]) == 1  # psutil only: no requirements
 
 
@@ -513,10 +522,24 @@ def test_settings_from_the_folder_env_from_the_platform_and_secrets_by_name(expo
         serve_one.load(exports["ex-args"], {}, tmp_path / "none")
 
 
+def test_the_functions_modules_never_run_in_serve_one_itself(ones: dict[str, One]) -> None:
+    one = ones["ex-shadow"]
+    for _ in range(2):
+        answer = one.request("POST", "/", b"[]")
+        assert answer.status == 200 and answer.json["result"] == ["the function's gzip", "the function's tempfile"]
+    assert MARKER not in one.out.read_text() + one.err.read_text()
+
+
 def test_serve_one_runs_the_runtime_copied_into_the_folder(exports: dict[str, Path]) -> None:
     done = subprocess.run([sys.executable, "-c", "import tinyfaas_std.serve_one as m; print(m.__file__)"],
-                          cwd=exports["ex-plain"], capture_output=True, text=True, timeout=30)
-    assert Path(done.stdout.strip()).parent == exports["ex-plain"] / "tinyfaas_std"
+                          cwd=exports["ex-plain"] / "runtime", capture_output=True, text=True, timeout=30)
+    assert Path(done.stdout.strip()).parent == exports["ex-plain"] / "runtime" / "tinyfaas_std"
+
+
+def test_serve_one_refuses_a_folder_on_its_own_import_path(exports: dict[str, Path], worker_python: str) -> None:
+    folder = exports["ex-plain"]
+    done = serve_one(folder, worker_python, {"PYTHONPATH": str(folder / "runtime")}, wait=False, cwd=folder)
+    assert done.returncode == 2 and b"is on this interpreter's import path" in done.stderr  # type: ignore
 
 
 def test_serve_one_refuses_what_it_cannot_serve(exports: dict[str, Path], worker_python: str,

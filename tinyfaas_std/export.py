@@ -3,11 +3,14 @@
 Strategy: pure, but for `runtime_files`, which reads this package's own modules. `build` turns what the server knows
 of a function (a `Source`: its files, requirements, settings and the NAMES of its secrets, never their values) into
 the folder's files, {relative path: bytes}; `pack` makes them a .tar.gz, the same bytes for the same version. The
-folder, flat, so that `serve-one DIR` serves it as it is and the image is `COPY . /app`:
+folder, so that `serve-one DIR` serves it as it is and the image is `COPY . /app`:
 - the function's own files as uploaded (`func.py` and, from an archive, its modules and data, same layout) and
   `requirements.txt` (exactly its requirements; empty when it has none);
 - `tinyfaas.json`: what `serve-one` (serve_one.py) reads: calling convention, env, secret names, limits;
-- `tinyfaas_std/`: the runtime, so that the image builds from the folder alone;
+- `runtime/tinyfaas_std/`: the runtime, so that the image builds from the folder alone. It is a folder down, and
+  serve-one runs from `runtime/` (`python -m` puts the current folder first on the import path), so that the
+  function's folder is never on serve-one's import path: a function's `gzip.py` or `tempfile.py` is imported by
+  its workers, as on the server, never by serve-one itself;
 - `Dockerfile` and `.dockerignore`, `knative.yaml`, `openfaas.yml` and a `README.md` of the commands.
 A function file with one of these names cannot be exported (409 `export_conflict`): either file would be lost.
 
@@ -32,7 +35,7 @@ from typing import Any
 from .errors import Conflict
 
 __all__ = ["Source", "build", "pack", "filename", "runtime_files", "resource_name", "secret_name", "quote", "yaml",
-           "SETTINGS_FILE", "SETTINGS_FORMAT", "PORT", "USER_ID", "HEALTH_PATH", "REGISTRY"]
+           "SETTINGS_FILE", "SETTINGS_FORMAT", "RUNTIME", "PORT", "USER_ID", "HEALTH_PATH", "REGISTRY"]
 
 SETTINGS_FILE = "tinyfaas.json"
 SETTINGS_FORMAT = 1          # bumped when tinyfaas.json changes meaning; serve-one refuses formats it does not know
@@ -42,7 +45,7 @@ HEALTH_PATH = "/healthz"
 REGISTRY = "REGISTRY"        # the placeholder the user replaces with their registry, in the image name
 MAX_RESOURCE_NAME = 63       # a DNS-1035 label: Knative Services and OpenFaaS functions are named by one
 _GENERATED = ("Dockerfile", ".dockerignore", "knative.yaml", "openfaas.yml", "README.md", SETTINGS_FILE)
-_RUNTIME = "tinyfaas_std"
+RUNTIME = "runtime"          # holds tinyfaas_std/: serve-one's working folder and import path
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,7 @@ class Source:
 def build(source: Source, runtime: dict[str, bytes], python: tuple[int, int], psutil: str) -> dict[str, bytes]:
     """The export folder's files. `runtime`: this package's modules (`runtime_files`); `python`: the (major, minor)
     of the image's base; `psutil`: the runtime's requirement, pinned to the server's own version."""
-    clash = sorted(path for path in source.files if path in _GENERATED or path.split("/", 1)[0] == _RUNTIME)
+    clash = sorted(path for path in source.files if path in _GENERATED or path.split("/", 1)[0] == RUNTIME)
     if clash:
         raise Conflict(f"{source.name} has files the export writes itself: {', '.join(clash)}; rename them to "
                        "export it", code="export_conflict", files=clash)
@@ -108,6 +111,7 @@ def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
         *install,
         "COPY . ./\n",
         f"USER {USER_ID}:{USER_ID}\n",
+        f"WORKDIR /app/{RUNTIME}\n",  # serve-one's import path: the runtime, never the function's files
         f"EXPOSE {PORT}\n",
         'CMD ["python", "-m", "tinyfaas_std", "serve-one", "/app"]\n',
     ])
@@ -175,6 +179,17 @@ def readme(source: Source) -> str:
         + "   # try it: its secrets from your environment",
         "```",
         "",
+        "Or try it without a container: serve-one runs from `runtime/`, so that only the runtime is on its import "
+        "path, never the function's files (a `gzip.py` of the function's is its own, not serve-one's); its workers "
+        "run an interpreter with the function's requirements, and serve-one's needs `psutil`:",
+        "",
+        "```sh",
+        f"python3 -m venv /tmp/{resource_name(name)}-venv && /tmp/{resource_name(name)}-venv/bin/pip install "
+        "-r requirements.txt",
+        f"cd {RUNTIME} && " + "".join(f"{key}=... " for key in source.secrets) + "python3 -m tinyfaas_std serve-one .. "
+        f"--port {PORT} --python /tmp/{resource_name(name)}-venv/bin/python",
+        "```",
+        "",
     ]
     if source.secrets:
         lines += [
@@ -240,10 +255,10 @@ def pack(files: dict[str, bytes], mtime: float) -> bytes:
 
 
 def runtime_files() -> dict[str, bytes]:
-    """This package's modules as `tinyfaas_std/<module>.py`: what serve-one and its workers run (the dashboard's
-    files are not needed)."""
+    """This package's modules as `runtime/tinyfaas_std/<module>.py`: what serve-one and its workers run (the
+    dashboard's files are not needed)."""
     package = Path(__file__).resolve().parent
-    return {f"{_RUNTIME}/{path.name}": path.read_bytes() for path in sorted(package.glob("*.py"))}
+    return {f"{RUNTIME}/tinyfaas_std/{path.name}": path.read_bytes() for path in sorted(package.glob("*.py"))}
 
 
 # -- YAML, written by hand ----------------------------------------------------------------------------------------

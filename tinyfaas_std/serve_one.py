@@ -161,6 +161,19 @@ def _secret_file(path: Path) -> str | None:
         raise FolderError(f"{path} is not UTF-8 text") from None
 
 
+def _check_import_path(folder: Path) -> None:
+    """Refuse a folder on this interpreter's import path (as the current folder is when `python -m` runs from it):
+    a function's `gzip.py` or `tempfile.py` would be imported by serve-one itself, beside its credentials. Some
+    module may have run already; this refusal keeps a process that may have run one from serving at all."""
+    folder = folder.resolve()
+    for entry in sys.path:
+        if Path(entry or os.curdir).resolve() == folder:
+            raise FolderError(f"{folder} is on this interpreter's import path ({entry or 'the current folder'}), so "
+                              "the function's files would be imported by serve-one itself: run it from the folder's "
+                              f"runtime, `cd {folder / export.RUNTIME} && python -m tinyfaas_std serve-one ..`, or "
+                              f"from any other folder with PYTHONPATH={folder / export.RUNTIME}")
+
+
 def _interpreter(python: str) -> tuple[Path, Path]:
     """`--python` as an absolute path (links kept: a venv's python is a link) and its `sys.prefix`, the folder the
     worker's PATH and view of the files start from (a venv, or the image's /usr/local)."""
@@ -278,6 +291,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     os.umask(0o022)  # a worker under its own uid (as root) must read what is written for it
     try:
+        _check_import_path(options.folder)
         function = load(options.folder, environ, options.secrets_dir)
         python, prefix = _interpreter(options.python)
     except FolderError as exc:
