@@ -432,6 +432,7 @@ def test_an_args_function_answers_as_on_the_server(deployed: Server, ones: dict[
         ("GET", "", b"", {}),                                                      # 405, Allow: POST
         ("POST", "/sub", b"[]", json_type),                                        # 404: no sub-paths
     ])
+    assert ones["ex-args"].request("POST", "/sub", b"[]").json["error"]["code"] == "path_not_found"  # only http's
     failed = ones["ex-args"].request("POST", "/", b'{"args": ["cy"], "kwargs": {"fail": true}}').json
     assert failed["error"]["type"] == "ValueError" and failed["error"]["code"] == "function_error"
 
@@ -449,6 +450,10 @@ def test_an_http_function_answers_as_on_the_server(deployed: Server, ones: dict[
         ("PUT", "", b"\xff\xfe", {}), ("GET", "/data", b"", {}), ("HEAD", "/data", b"", {}),
         ("GET", "/empty", b"", {}), ("GET", "/fail", b"", {}), ("OPTIONS", "/x/y", b"", {}),
         ("DELETE", "", b"", {})])
+    for method, sub in (("GET", "/foo/bar?x=1"), ("POST", "/echo?a=1"), ("GET", "/data"), ("GET", "/function"),
+                        ("GET", "/function/other/x")):
+        expected = _shape(deployed.request(method, f"/function/ex-http{sub}", b"hi"))
+        assert _shape(ones["ex-http"].request(method, sub, b"hi")) == expected, sub  # Knative's URL is the root
     data = ones["ex-http"].request("GET", "/function/ex-http/data")
     assert data.status == 201 and data.headers["x-custom"] == "yes" and "\u263a" in data.raw.decode()
 

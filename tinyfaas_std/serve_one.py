@@ -3,9 +3,10 @@
 Strategy: nothing here runs a call or speaks HTTP itself. The folder's `tinyfaas.json` (written by export.py) becomes
 a `FunctionRecord` with one `Version` in a `LiveTable`; its workers are started by the server's own machinery
 (`workers.start_worker` in a `Sandbox`, lent by a `Pool`), calls go through the server's `Caller`, and requests
-through the server's handler (httpd.py) with a route table of its own: `/` and `/function/<name>[/<sub/path>]` call
-the function, `/healthz` (and OpenFaaS's default probe paths `/_/health`, `/_/ready`) need no credentials, and every
-other path is 404. So a function answers here as it did on the server, and its workers are contained the same way.
+through the server's handler (httpd.py) with a route table of its own (`routes_for`): `/` and
+`/function/<name>[/<sub/path>]` call the function, `/healthz` (and OpenFaaS's default probe paths `/_/health`,
+`/_/ready`) need no credentials, and every other path is 404, but for an http function, which answers every path.
+So a function answers here as it did on the server, and its workers are contained the same way.
 
 What differs, because a container platform runs it:
 - settings come from `tinyfaas.json`, checked by the server's rules (settings.py); an env value there is overridden
@@ -42,7 +43,7 @@ from typing import Any, BinaryIO, cast
 from . import export, http11, routes, settings
 from .auth import Authenticator, NoAuth
 from .calls import Answer, Caller
-from .config import ServeOneConfig, parse_serve_one
+from .config import Config, ServeOneConfig, parse_serve_one
 from .deploy import check_name
 from .errors import FaasError, WorkerCrashed
 from .httpd import HttpServer, configure_socket
@@ -55,7 +56,7 @@ from .state import FunctionRecord, Version
 from .users import Access, User
 from .workers import Pool, StartFailed, Worker, start_worker
 
-__all__ = ["main", "load", "Function", "FolderError", "OneFunction", "OneServer"]
+__all__ = ["main", "load", "routes_for", "Function", "FolderError", "OneFunction", "OneServer"]
 
 log = logging.getLogger("tinyfaas_std")
 
@@ -215,7 +216,7 @@ class OneFunction:
 
     def __init__(self, function: Function, python: Path, prefix: Path, options: ServeOneConfig, state: Path) -> None:
         config = options.server
-        self.name = function.name
+        self.name, self.calling = function.name, function.calling
         self.metrics = Metrics()
         self.sandbox = Sandbox(root_dir=state / "sandbox", hidden=[state], memory_mb=function.memory_mb,
                                max_processes=config.max_processes, max_file_mb=config.max_file_mb,
@@ -260,27 +261,47 @@ class OneFunction:
 
 
 def _root(server: OneServer, req: http11.RequestHead, _: str, body: bytes, __: User) -> Reply:
-    """`/`: the function itself, as `/function/<name>` is on the server (its own path "/" for an http function)."""
+    """`/`: the function itself, as `/function/<name>` is on the server."""
     return routes.call(server, req, server.manager.name, "", body)
 
 
-_ROOT = re.compile(r"/")
+def _any_path(server: OneServer, req: http11.RequestHead, path: str, body: bytes, __: User) -> Reply:
+    """Any other path: an http function's own path, as `/function/<name><path>` is on the server."""
+    return routes.call(server, req, server.manager.name, path, body)
+
+
 _METHODS = ("POST", *routes.OTHER_METHODS)  # the others answer 405 but for http functions, as on the server
-ROUTES: list[RouteSpec] = [
-    RouteSpec("POST", routes.FUNCTION, routes.invoke, "max_body_bytes", Access.CALL, True),  # the server's own route
-    *(RouteSpec(method, routes.FUNCTION, routes.invoke, "max_body_bytes", Access.CALL, True)
-      for method in routes.OTHER_METHODS),
-    *(RouteSpec(method, _ROOT, _root, "max_body_bytes", Access.CALL) for method in _METHODS),
-]
+_ROOT, _ANY_PATH = re.compile(r"/"), re.compile(r"(/.*)")
+
+
+def routes_for(name: str, calling: str) -> list[RouteSpec]:
+    """serve-one's table: `/function/<name>[/<sub/path>]` as on the server, then the function's own root. An http
+    function answers every path at the root too: on Knative its URL is the host's root, and OpenFaaS's gateway
+    strips `/function/<name>` before it forwards a call. So only its own name is matched under `/function/`
+    (`/function/other` is one of its paths); an args or event function answers `/` only, and another name under
+    `/function/` is `404 function_not_found` as on the server."""
+    if calling != "http":
+        return [*(RouteSpec(method, routes.FUNCTION, routes.invoke, "max_body_bytes", Access.CALL, True)
+                  for method in _METHODS),
+                *(RouteSpec(method, _ROOT, _root, "max_body_bytes", Access.CALL) for method in _METHODS)]
+    own = re.compile(rf"/function/({re.escape(name)})(?:/.*)?")
+    return [*(RouteSpec(method, own, routes.invoke, "max_body_bytes", Access.CALL, True) for method in _METHODS),
+            *(RouteSpec(method, _ANY_PATH, _any_path, "max_body_bytes", Access.CALL) for method in _METHODS)]
+
+
 PUBLIC: dict[tuple[str, str], Callable[[Any], Reply]] = {
     ("GET", path): routes.healthz for path in (export.HEALTH_PATH, "/_/health", "/_/ready")}
 
 
 class OneServer(HttpServer):
     """The server's HTTP side (handler, error boundary, limits) with serve-one's routes: no admin route exists."""
-    routes = ROUTES
     public = PUBLIC
     manager: OneFunction
+
+    def __init__(self, address: tuple[str, int], config: Config, manager: OneFunction,
+                 auth: Authenticator | NoAuth) -> None:
+        self.routes = routes_for(manager.name, manager.calling)
+        super().__init__(address, config, manager, auth)
 
 
 def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
