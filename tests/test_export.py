@@ -470,6 +470,12 @@ def test_workers_get_their_env_and_secrets_and_nothing_of_serve_ones_environment
     assert event["key"] == SECRET  # read from the OpenFaaS secret file
 
 
+def test_a_browser_on_another_site_may_call_the_function(ones: dict[str, One]) -> None:
+    browser = {"Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}  # serve-one has no admin routes
+    assert ones["ex-event"].request("POST", "/", b'{"who": "web"}', browser).status == 200
+    assert ones["ex-http"].request("PUT", "/any/path", b"x", browser).status == 200
+
+
 def test_workers_stay_warm(ones: dict[str, One]) -> None:
     pids = {ones["ex-args"].request("POST", "/", b'{"args": ["p"], "kwargs": {"what": "pid"}}').json["result"]
             for _ in range(3)}

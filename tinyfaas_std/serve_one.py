@@ -294,8 +294,10 @@ PUBLIC: dict[tuple[str, str], Callable[[Any], Reply]] = {
 
 
 class OneServer(HttpServer):
-    """The server's HTTP side (handler, error boundary, limits) with serve-one's routes: no admin route exists."""
+    """The server's HTTP side (handler, error boundary, limits) with serve-one's routes: no admin route exists, so
+    every path is a call, which any site's page may make (on the server, only `/function/` paths are)."""
     public = PUBLIC
+    open_to_other_sites = ("/",)
     manager: OneFunction
 
     def __init__(self, address: tuple[str, int], config: Config, manager: OneFunction,
