@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from hypothesis import example, given, strategies as st
@@ -183,12 +184,14 @@ def _basic(user: str, password: str) -> str:
 
 
 def serve_one(folder: Path, python: str, env: dict[str, str] | None = None, *args: str, wait: bool = True,
-              cwd: Path | None = None) -> One | subprocess.CompletedProcess[bytes]:
+              cwd: Path | None = None, prefix: tuple[str, ...] = (),
+              runner: str = sys.executable) -> One | subprocess.CompletedProcess[bytes]:
     """`python -m tinyfaas_std serve-one FOLDER` run from FOLDER/runtime (so the runtime copied there is the one
-    imported, as in the image), on a free port. The environment carries a marker no worker may see."""
+    imported, as in the image), on a free port, by `runner` after `prefix` (setpriv, to run it as another user). The
+    environment carries a marker no worker may see."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TINYFAAS_", "PORT"))}
     base["HOST_ONLY_MARKER"] = "must-not-reach-a-worker"
-    cmd = [sys.executable, "-m", "tinyfaas_std", "serve-one", str(folder), "--host", "127.0.0.1", "--port", "0",
+    cmd = [*prefix, runner, "-m", "tinyfaas_std", "serve-one", str(folder), "--host", "127.0.0.1", "--port", "0",
            "--python", python, "--secrets-dir", str(folder.parent / "no-secrets-here"), *args]
     cwd = cwd or folder / "runtime"
     if not wait:
@@ -569,3 +572,87 @@ def test_serve_one_refuses_what_it_cannot_serve(exports: dict[str, Path], worker
     (broken / "func.py").write_text("import no_such_module\n\ndef main():\n    return 1\n")
     failing = serve_one(broken, worker_python, {}, wait=False)
     assert failing.returncode == 1 and b"No module named 'no_such_module'" in failing.stderr  # type: ignore
+
+
+# -- serve-one as an ordinary user: what containment holds in subreaper mode ----------------------------------------
+
+GUEST = """import os, signal, time
+
+
+def main(what, pid=0, mark=""):
+    if what == "environ":  # serve-one's (pid) and its own launcher's (its parent)
+        found = {}
+        for name, process in (("serve-one", pid), ("launcher", os.getppid())):
+            try:
+                with open(f"/proc/{process}/environ", "rb") as f:
+                    found[name] = f.read().decode("latin-1")
+            except PermissionError:
+                found[name] = "denied"
+        return found
+    child = os.fork()  # a daemon (forked twice, setsid), then its launcher killed: the daemon leaves its tree
+    if child == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", mark])
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.kill(os.getppid(), signal.SIGKILL)  # this worker dies with it (PDEATHSIG)
+    time.sleep(10)
+"""
+NOBODY = 65534
+
+
+def _unprivileged_python() -> str | None:
+    """An interpreter (3.10 or newer) that uid 65534 may run: the clone's may lie under a folder only root enters."""
+    check = "import sys; print(sys.version_info >= (3, 10))"
+    for python in ("/usr/bin/python3", os.path.realpath(sys.executable)):
+        done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python, "-c",
+                               check], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() == "True":
+            return python
+    return None
+
+
+def _sleeping(mark: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["cmdline"] == ["sleep", mark] and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run serve-one as another user")
+def test_as_an_ordinary_user_serve_one_keeps_its_environment_and_ends_orphans(deployed: Server) -> None:
+    python = _unprivileged_python()
+    assert python is not None, "no Python interpreter here that an unprivileged user may run"
+    home = Path("/tmp") / f"tinyfaas-one-nobody-{os.getpid()}"  # pytest's tmp_path is under a folder 65534 can't enter
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(Path(psutil.__file__).parent, home / "lib" / "psutil", ignore=shutil.ignore_patterns("__pycache__"))
+    assert deployed.upload("ex-guest", GUEST).status == 200
+    assert tf(deployed.port, "export", "ex-guest", "--out", str(home / "ex-guest")).returncode == 0
+    subprocess.run(["chmod", "-R", "a+rX", str(home)], check=True)
+    mark = f"{700 + os.getpid() % 100}.{int(time.time()) % 100000}"
+    password = "one-password-" + uuid.uuid4().hex
+    one = serve_one(home / "ex-guest", python, {"PYTHONPATH": str(home / "lib"), "TINYFAAS_PASSWORD": password},
+                    "--isolation", "subreaper", prefix=("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                                                        "--clear-groups"), runner=python)
+    assert isinstance(one, One)
+    one.auth = _basic("admin", password)
+    try:
+        assert f"functions run under serve-one's own uid {NOBODY}" in one.err.read_text()
+        seen = one.request("POST", "/", json.dumps(["environ", one.proc.pid]).encode()).json["result"]
+        assert seen["serve-one"] == "denied" and password not in seen["launcher"], seen
+        orphaned = one.request("POST", "/", json.dumps(["orphan", 0, mark]).encode())
+        assert orphaned.status == 502
+        deadline = time.monotonic() + 5
+        while (_sleeping(mark) or _zombies(one.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _sleeping(mark) == [] and _zombies(one.proc.pid) == []
+        assert one.request("POST", "/", b'["environ", 1]').status == 200  # a new worker serves the next call
+    finally:
+        one.proc.send_signal(signal.SIGTERM)
+        one.proc.wait(30)
+        for proc in _sleeping(mark):
+            proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _zombies(pid: int) -> list[int]:
+    return [p.pid for p in psutil.Process(pid).children() if p.status() == psutil.STATUS_ZOMBIE]

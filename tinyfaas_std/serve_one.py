@@ -18,7 +18,10 @@ What differs, because a container platform runs it:
   logins (behind a proxy every client has the proxy's address);
 - each call's record is one JSON line on stdout, where platforms collect logs, instead of a log on disk;
 - the first worker starts before the port opens: a function that does not import fails the container at once;
-- idle workers are not stopped: the platform scales the container, to zero if it wants.
+- idle workers are not stopped: the platform scales the container, to zero if it wants;
+- its only children are its workers' launchers, so it can adopt every orphan (a child subreaper, and a container's
+  PID 1 anyway) and end whatever a dead launcher left behind (sandbox.end_orphans): in subreaper mode a function may
+  kill its own launcher.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from .live import Live, LiveTable
 from .logs import FunctionLog
 from .metrics import Metrics
 from .routes import Reply, RouteSpec
-from .sandbox import Sandbox, SandboxUnavailable, WorkerSpec
+from .sandbox import Sandbox, SandboxUnavailable, WorkerSpec, adopt_orphans, end_orphans, report_isolation
 from .state import FunctionRecord, Version
 from .users import Access, User
 from .workers import Pool, StartFailed, Worker, start_worker
@@ -61,6 +64,7 @@ __all__ = ["main", "load", "routes_for", "Function", "FolderError", "OneFunction
 log = logging.getLogger("tinyfaas_std")
 
 ANSWER_GRACE = 2.0   # seconds for answers to calls that ended at shutdown to go out (as the server)
+ORPHAN_SWEEP = 0.5   # seconds between looks for orphans: a read of /proc per thread, cheap while few threads run
 
 
 class FolderError(Exception):
@@ -330,6 +334,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
 def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConfig, state: Path) -> int:
     config = options.server
     try:
+        adopt_orphans()  # before the first launcher starts
         core = OneFunction(function, python, prefix, options, state)
     except SandboxUnavailable as exc:
         log.error("serve-one: %s", exc)
@@ -367,11 +372,22 @@ def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConf
         log.warning("no authentication: TINYFAAS_PASSWORD is not set, so whoever reaches this port may call the "
                     "function (set TINYFAAS_USERNAME and TINYFAAS_PASSWORD to require Basic Auth)")
     log.info("containment: %s", json.dumps(core.sandbox.isolation.public()))
+    report_isolation(core.sandbox.isolation, "serve-one")
+    threading.Thread(target=_sweep_orphans, args=(stopping,), name="orphans", daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        stopping.set()
         core.close(config.grace)
+        end_orphans()
         server.wait_idle(ANSWER_GRACE)
         server.server_close()
         log.info("stopped")
     return 0
+
+
+def _sweep_orphans(stopping: threading.Event) -> None:
+    """serve-one is a subreaper (or a container's PID 1): whatever a dead launcher left behind comes here, and is
+    killed and reaped (sandbox.end_orphans) within ORPHAN_SWEEP seconds."""
+    while not stopping.wait(ORPHAN_SWEEP):
+        end_orphans()
