@@ -292,6 +292,15 @@ def test_files_the_export_writes_itself_cannot_come_from_the_function(deployed: 
     assert answer.json["error"]["files"] == ["README.md", "runtime/x.py"]
 
 
+def test_env_names_the_platforms_reserve_cannot_be_exported(deployed: Server) -> None:
+    assert deployed.upload("ex-reserved", "def main():\n    return 1\n",
+                           fields={"env": "PORT=9000\nK_SERVICE=x\nOK=1\n", "secrets": "K_REVISION=y\n"}).status == 200
+    answer = deployed.request("GET", "/admin/functions/ex-reserved/export")
+    assert answer.status == 409 and answer.json["error"]["code"] == "export_conflict"
+    assert answer.json["error"]["env"] == ["K_REVISION", "K_SERVICE", "PORT"]
+    assert "K_REVISION, K_SERVICE, PORT" in answer.json["error"]["message"]
+
+
 def test_the_client_writes_only_into_a_new_or_empty_folder(deployed: Server, tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")

@@ -44,6 +44,8 @@ USER_ID = 10001              # the image's user: not root, numeric (needs no /et
 HEALTH_PATH = "/healthz"
 REGISTRY = "REGISTRY"        # the placeholder the user replaces with their registry, in the image name
 MAX_RESOURCE_NAME = 63       # a DNS-1035 label: Knative Services and OpenFaaS functions are named by one
+# env names Knative sets itself and refuses in a Service; PORT would also move serve-one's port under OpenFaaS
+_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 _GENERATED = ("Dockerfile", ".dockerignore", "knative.yaml", "openfaas.yml", "README.md", SETTINGS_FILE)
 RUNTIME = "runtime"          # holds tinyfaas_std/: serve-one's working folder and import path
 
@@ -73,6 +75,11 @@ def build(source: Source, runtime: dict[str, bytes], python: tuple[int, int], ps
     if clash:
         raise Conflict(f"{source.name} has files the export writes itself: {', '.join(clash)}; rename them to "
                        "export it", code="export_conflict", files=clash)
+    reserved = sorted(_RESERVED_ENV & {*source.env, *source.secrets})
+    if reserved:
+        raise Conflict(f"{source.name} has env or secrets named as the platforms' own: {', '.join(reserved)} (Knative "
+                       "refuses them, and PORT is the port serve-one listens on); rename them to export it",
+                       code="export_conflict", env=reserved)
     files = {path: data for path, data in source.files.items() if path != "requirements.txt"}
     files["requirements.txt"] = "".join(f"{line}\n" for line in source.requirements).encode()
     files[SETTINGS_FILE] = (json.dumps(settings(source), indent=2) + "\n").encode()
