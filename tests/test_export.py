@@ -399,6 +399,11 @@ def test_an_export_follows_the_live_version(deployed: Server, tmp_path: Path) ->
     assert json.loads((tmp_path / "v2" / "tinyfaas.json").read_text())["version"] == "2"
 
 
+def test_yaml_keys_longer_than_yaml_allows_implicit_keys_are_explicit() -> None:
+    long = {"E" * 1100: "value", "n": {"K" * 2000: {"x": 1}, "L" * 1024: [1]}, "l": [{"M" * 1500: "y", "z": 2}]}
+    assert yaml.safe_load(export.yaml(long)) == long  # YAML caps an implicit key at 1024 characters
+
+
 @given(st.text(), st.text())
 @example("\ud800\x85\u2028\u2029\x7f\ufeff", "on")
 @example("", "null")

@@ -274,6 +274,7 @@ def runtime_files() -> dict[str, bytes]:
 # U+2029 (line breaks to a YAML 1.1 reader, folded inside a quoted scalar), the BOM, non-characters, lone surrogates.
 _YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
 _PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_./-]*")
+MAX_IMPLICIT_KEY = 1024  # YAML 1.2 7.4.2 (and 1.1): an implicit key is at most 1024 characters, quotes included
 _YAML11_WORDS = {"y", "yes", "n", "no", "true", "false", "on", "off", "null"}  # read as booleans or null when plain
 
 
@@ -291,20 +292,22 @@ def yaml(value: dict[str, Any]) -> str:
 def _block(value: dict[str, Any] | list[Any], pad: str) -> list[str]:
     lines = []
     for key, item in (value.items() if isinstance(value, dict) else ((None, v) for v in value)):
-        lead = f"{pad}{_key(key)}:" if key is not None else f"{pad}-"
+        lead = _lead(key, pad) if key is not None else [f"{pad}-"]
         if isinstance(item, (dict, list)) and item:
             nested = _block(item, pad + "  ")
             if key is None and isinstance(item, dict):  # "- first: x" with the rest of the mapping below it
-                lines += [f"{lead} {nested[0].lstrip()}", *nested[1:]]
+                lines += [f"{lead[0]} {nested[0].lstrip()}", *nested[1:]]
             else:
-                lines += [lead, *nested]
+                lines += [*lead, *nested]
         else:
-            lines.append(f"{lead} {_scalar(item)}")
+            lines += [*lead[:-1], f"{lead[-1]} {_scalar(item)}"]
     return lines
 
 
-def _key(key: str) -> str:
-    return key if _PLAIN_KEY.fullmatch(key) and key.lower() not in _YAML11_WORDS else quote(key)
+def _lead(key: str, pad: str) -> list[str]:
+    """The line(s) that open a key's entry: `key:`, or for a key too long to be implicit, `? key` then `:`."""
+    text = key if _PLAIN_KEY.fullmatch(key) and key.lower() not in _YAML11_WORDS else quote(key)
+    return [f"{pad}{text}:"] if len(text) < MAX_IMPLICIT_KEY else [f"{pad}? {text}", f"{pad}:"]
 
 
 def _scalar(value: Any) -> str:
