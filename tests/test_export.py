@@ -285,11 +285,14 @@ def test_the_route_answers_the_same_files_as_a_tar_gz(deployed: Server, exports:
 
 
 def test_files_the_export_writes_itself_cannot_come_from_the_function(deployed: Server) -> None:
-    assert deployed.upload("ex-clash", _tar_gz({"func.py": b"def main():\n    return 1\n", "README.md": b"mine\n",
-                                                "runtime/x.py": b""})).status == 200
+    clashes = ["Dockerfile.dockerignore", "Dockerfile/x.txt", "OpenFaaS.yml", "README.md/y",
+               "Requirements.txt", "dockerfile", "runtime/x.py"]  # as named, in a folder so named, or but for case
+    fine = {"func.py": b"def main():\n    return 1\n", "lib/README.md": b"", "lib/Dockerfile": b"",
+            "requirements.txt": b"", "runtimes.py": b""}
+    assert deployed.upload("ex-clash", _tar_gz({**fine, **{path: b"mine\n" for path in clashes}})).status == 200
     answer = deployed.request("GET", "/admin/functions/ex-clash/export")
     assert answer.status == 409 and answer.json["error"]["code"] == "export_conflict"
-    assert answer.json["error"]["files"] == ["README.md", "runtime/x.py"]
+    assert answer.json["error"]["files"] == clashes
 
 
 def test_env_names_the_platforms_reserve_cannot_be_exported(deployed: Server) -> None:

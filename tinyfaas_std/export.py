@@ -12,7 +12,8 @@ folder, so that `serve-one DIR` serves it as it is and the image is `COPY . /app
   function's folder is never on serve-one's import path: a function's `gzip.py` or `tempfile.py` is imported by
   its workers, as on the server, never by serve-one itself;
 - `Dockerfile` and `.dockerignore`, `knative.yaml`, `openfaas.yml` and a `README.md` of the commands.
-A function file with one of these names cannot be exported (409 `export_conflict`): either file would be lost.
+A function's file or folder with one of these names at the top, also but for case, cannot be exported (409
+`export_conflict`): either file would be lost.
 
 Manifests are YAML written here (the server has no YAML library): every string, and every key that is not plainly
 safe, is written in JSON's string syntax, which YAML reads as a double-quoted scalar with the same meaning once the
@@ -46,8 +47,10 @@ REGISTRY = "REGISTRY"        # the placeholder the user replaces with their regi
 MAX_RESOURCE_NAME = 63       # a DNS-1035 label: Knative Services and OpenFaaS functions are named by one
 # env names Knative sets itself and refuses in a Service; PORT would also move serve-one's port under OpenFaaS
 _RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
-_GENERATED = ("Dockerfile", ".dockerignore", "knative.yaml", "openfaas.yml", "README.md", SETTINGS_FILE)
 RUNTIME = "runtime"          # holds tinyfaas_std/: serve-one's working folder and import path
+_GENERATED = ("Dockerfile", ".dockerignore", "knative.yaml", "openfaas.yml", "README.md", SETTINGS_FILE)
+# top-level names, in lower case, that no file or folder of the function may have (see _clashes)
+_TAKEN = frozenset(name.lower() for name in (*_GENERATED, RUNTIME, "requirements.txt", "Dockerfile.dockerignore"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,7 @@ class Source:
 def build(source: Source, runtime: dict[str, bytes], python: tuple[int, int], psutil: str) -> dict[str, bytes]:
     """The export folder's files. `runtime`: this package's modules (`runtime_files`); `python`: the (major, minor)
     of the image's base; `psutil`: the runtime's requirement, pinned to the server's own version."""
-    clash = sorted(path for path in source.files if path in _GENERATED or path.split("/", 1)[0] == RUNTIME)
+    clash = sorted(path for path in source.files if _clashes(path))
     if clash:
         raise Conflict(f"{source.name} has files the export writes itself: {', '.join(clash)}; rename them to "
                        "export it", code="export_conflict", files=clash)
@@ -92,6 +95,14 @@ def build(source: Source, runtime: dict[str, bytes], python: tuple[int, int], ps
     files["README.md"] = readme(source).encode()
     files.update(runtime)
     return files
+
+
+def _clashes(path: str) -> bool:
+    """Whether a function's file would meet one the export writes: a file or folder of that name at the top, also
+    but for case (one file on a case-insensitive disk; BuildKit reads `dockerfile` and `Dockerfile.dockerignore`).
+    Only `requirements.txt` itself is not a clash: the export rewrites it from the requirements."""
+    top = path.split("/", 1)[0].lower()
+    return top in _TAKEN and path != "requirements.txt"
 
 
 def settings(source: Source) -> dict[str, Any]:
