@@ -107,12 +107,12 @@ def _tar_gz(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def tf(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+def tf(port: int, *args: str, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
     """The client, as a user runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYFAAS_")}
     env.update(HOME=str(REPO / "tests" / "no-such-home"), TINYFAAS_USER="admin", TINYFAAS_PASSWORD="1234")
     return subprocess.run([sys.executable, "-m", "tinyfaas_std", *args, "--url", f"http://127.0.0.1:{port}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60, umask=umask)
 
 
 # -- the module's server, exports, venv and serve-one processes ---------------------------------------------------
@@ -295,6 +295,14 @@ def test_files_the_export_writes_itself_cannot_come_from_the_function(deployed: 
     assert answer.json["error"]["files"] == clashes
 
 
+def test_under_a_strict_umask_the_client_still_writes_files_others_may_read(deployed: Server, tmp_path: Path) -> None:
+    out = tmp_path / "private" / "ex-http"  # the image's non-root user reads what COPY takes from here
+    assert tf(deployed.port, "export", "ex-http", "--out", str(out), umask=0o077).returncode == 0
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert {path: mode for path, mode in modes.items() if mode != (0o755 if (out / path).is_dir() else 0o644)} == {}
+    assert {"lib", "runtime/tinyfaas_std", "data/hello.txt"} <= set(modes)
+
+
 def test_env_names_the_platforms_reserve_cannot_be_exported(deployed: Server) -> None:
     assert deployed.upload("ex-reserved", "def main():\n    return 1\n",
                            fields={"env": "PORT=9000\nK_SERVICE=x\nOK=1\n", "secrets": "K_REVISION=y\n"}).status == 200
@@ -369,13 +377,15 @@ def test_the_dockerfile_installs_exactly_the_requirements_as_a_numeric_non_root_
     runs = [json.loads(arg) for op, arg in steps if op == "RUN"]
     assert runs[0][:4] == ["python", "-m", "pip", "install"] and runs[0][4].startswith("psutil")
     assert runs[1] == ["python", "-m", "pip", "install", "-r", "requirements.txt"]
+    assert runs[2] == ["chmod", "-R", "a+rX", "/app"] and steps.index(("RUN", json.dumps(runs[2]))) < \
+        steps.index(("USER", "10001:10001"))  # as root: files private to whoever exported them become readable
     assert (exports["ex-args"] / "requirements.txt").read_text().splitlines() == ["greetlib==1.0"]
     user = dict(steps)["USER"].split(":")
     assert all(part.isdigit() and int(part) > 0 for part in user)
     assert dict(steps)["EXPOSE"] == "8080"
     assert json.loads(dict(steps)["CMD"]) == ["python", "-m", "tinyfaas_std", "serve-one", "/app"]
     assert [arg for op, arg in steps if op == "WORKDIR"][-1] == "/app/runtime"  # python -m: the cwd comes first
-    assert len([op for op, _ in instructions("ex-plain") if op == "RUN"]) == 1  # psutil only: no requirements
+    assert len([op for op, _ in instructions("ex-plain") if op == "RUN"]) == 2  # psutil, chmod: no requirements
 
 
 def test_the_settings_file_and_readme(exports: dict[str, Path]) -> None:

@@ -128,6 +128,7 @@ def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
         "COPY requirements.txt ./\n",
         *install,
         "COPY . ./\n",
+        'RUN ["chmod", "-R", "a+rX", "/app"]\n',  # as root: COPY keeps modes, private ones (a strict umask) too
         f"USER {USER_ID}:{USER_ID}\n",
         f"WORKDIR /app/{RUNTIME}\n",  # serve-one's import path: the runtime, never the function's files
         f"EXPOSE {PORT}\n",
