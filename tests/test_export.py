@@ -338,7 +338,8 @@ def test_knative_yaml_is_a_service_with_the_functions_settings(exports: dict[str
     assert type(spec["containerConcurrency"]) is int and type(spec["timeoutSeconds"]) is int  # as Knative reads them
     (container,) = spec["containers"]
     assert container["image"] == "REGISTRY/ex-args:latest"
-    assert container["resources"]["limits"]["memory"] == "256Mi"
+    assert container["resources"]["limits"]["memory"] == "576Mi"  # 2 workers of 256 MiB, and serve-one's 64
+    assert "2 workers of 256 MiB" in (exports["ex-args"] / "knative.yaml").read_text().splitlines()[2]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["ports"] == [{"containerPort": 8080}]
     env = {item["name"]: item for item in container["env"]}
@@ -356,7 +357,7 @@ def test_openfaas_yml_is_a_stack_file_with_the_same_settings(exports: dict[str, 
     assert str(doc["version"]) == "1.0" and doc["provider"]["name"] == "openfaas"
     function = doc["functions"]["ex-event"]
     assert function["image"] == "REGISTRY/ex-event:latest"
-    assert function["secrets"] == ["ex-event-secrets"] and function["limits"]["memory"] == "256Mi"
+    assert function["secrets"] == ["ex-event-secrets"] and function["limits"]["memory"] == "576Mi"
     environment = function["environment"]
     assert environment["UNITS"] == "metric" and environment["NOTE"] == NOTE and "API_KEY" not in environment
     assert environment["max_inflight"] == "2"
@@ -407,7 +408,7 @@ def test_an_export_follows_the_live_version(deployed: Server, tmp_path: Path) ->
     assert tf(deployed.port, "export", "ex-plain", "--out", str(tmp_path / "v2")).returncode == 0
     doc = yaml.safe_load((tmp_path / "v2" / "knative.yaml").read_text())["spec"]["template"]["spec"]
     assert (doc["containerConcurrency"], doc["timeoutSeconds"]) == (3, 7)
-    assert doc["containers"][0]["resources"]["limits"]["memory"] == "128Mi"
+    assert doc["containers"][0]["resources"]["limits"]["memory"] == f"{3 * 128 + 64}Mi"
     assert doc["containers"][0]["env"] == [{"name": "MODE", "value": "on"}]
     assert json.loads((tmp_path / "v2" / "tinyfaas.json").read_text())["version"] == "2"
 

@@ -44,6 +44,7 @@ PORT = 8080                  # OpenFaaS requires 8080; Knative sends $PORT, 8080
 USER_ID = 10001              # the image's user: not root, numeric (needs no /etc/passwd entry; runAsNonRoot checks it)
 HEALTH_PATH = "/healthz"
 REGISTRY = "REGISTRY"        # the placeholder the user replaces with their registry, in the image name
+SERVE_ONE_MB = 64            # serve-one itself (about 30 MB resident) and headroom, beside its workers' memory
 MAX_RESOURCE_NAME = 63       # a DNS-1035 label: Knative Services and OpenFaaS functions are named by one
 # env names Knative sets itself and refuses in a Service; PORT would also move serve-one's port under OpenFaaS
 _RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
@@ -138,7 +139,8 @@ def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
 
 def knative(source: Source) -> dict[str, Any]:
     """A Knative Serving Service: one request per worker at a time (containerConcurrency), the function's timeout
-    for a request, its memory as the container's limit, ready when /healthz says so."""
+    for a request, room for serve-one and every worker in the container's memory limit, ready when /healthz says
+    so."""
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in sorted(source.env.items())]
     env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(source.name), "key": key}}}
             for key in source.secrets]
@@ -146,7 +148,7 @@ def knative(source: Source) -> dict[str, Any]:
     if env:
         container["env"] = env
     container.update({
-        "resources": {"limits": {"memory": f"{source.memory_mb}Mi"}},
+        "resources": {"limits": {"memory": memory_limit(source)}},
         "readinessProbe": {"httpGet": {"path": HEALTH_PATH}},
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
     })
@@ -167,7 +169,7 @@ def openfaas(source: Source) -> dict[str, Any]:
     function: dict[str, Any] = {
         "image": image(source),
         "environment": {**watchdog, **dict(sorted(source.env.items()))},
-        "limits": {"memory": f"{source.memory_mb}Mi"},
+        "limits": {"memory": memory_limit(source)},
         "labels": {"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": str(source.max_workers)},
         "annotations": {"com.openfaas.health.http.path": HEALTH_PATH, "com.openfaas.ready.http.path": HEALTH_PATH},
     }
@@ -235,7 +237,14 @@ def readme(source: Source) -> str:
 
 def _header(source: Source, what: str, command: str) -> str:
     return (f"# {what} for the function {source.name} (version {source.version}) of a tinyfaas_std server.\n"
-            f"# Replace {REGISTRY} with your registry, build and push the image (README.md), then: {command}\n")
+            f"# Replace {REGISTRY} with your registry, build and push the image (README.md), then: {command}\n"
+            f"# The memory limit holds the whole container: {source.max_workers} workers of {source.memory_mb} MiB "
+            f"each (serve-one bounds each worker so) and {SERVE_ONE_MB} MiB for serve-one itself.\n")
+
+
+def memory_limit(source: Source) -> str:
+    """The container's memory limit: it holds serve-one and up to max_workers workers, each within memory_mb."""
+    return f"{source.max_workers * source.memory_mb + SERVE_ONE_MB}Mi"
 
 
 def image(source: Source) -> str:
