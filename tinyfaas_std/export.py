@@ -92,7 +92,7 @@ def build(source: Source, runtime: dict[str, bytes], python: tuple[int, int], ps
     files["knative.yaml"] = (_header(source, "A Knative Serving Service", "kubectl apply -f knative.yaml")
                              + yaml(knative(source))).encode()
     files["openfaas.yml"] = (_header(source, "An OpenFaaS stack file", "faas-cli deploy -f openfaas.yml")
-                             + yaml(openfaas(source))).encode()
+                             + _gateway_note(source) + yaml(openfaas(source))).encode()
     files["README.md"] = readme(source).encode()
     files.update(runtime)
     return files
@@ -160,15 +160,16 @@ def knative(source: Source) -> dict[str, Any]:
 
 
 def openfaas(source: Source) -> dict[str, Any]:
-    """An OpenFaaS stack file: the same image and settings. Its secrets are files under /var/openfaas/secrets
-    (OpenFaaS never puts them in the environment); serve-one reads them there. The of-watchdog's variables and the
-    scaling labels say the same concurrency and timeout for the tools that read them."""
-    seconds = f"{source.timeout:g}s"
-    watchdog = {"max_inflight": str(source.max_workers), "read_timeout": seconds, "write_timeout": seconds,
-                "exec_timeout": seconds}
+    """An OpenFaaS stack file: the same image and settings, built from this folder's Dockerfile by `faas-cli up`
+    (`lang: dockerfile`, `handler: .`). Its secrets are files under /var/openfaas/secrets (OpenFaaS never puts them
+    in the environment); serve-one reads them there. The image has no of-watchdog, so none of its variables: serve-one
+    bounds concurrency and each call's time itself, and the gateway's timeouts are the cluster's (the header says).
+    The scaling labels are for OpenFaaS's autoscaler."""
     function: dict[str, Any] = {
+        "lang": "dockerfile",
+        "handler": ".",
         "image": image(source),
-        "environment": {**watchdog, **dict(sorted(source.env.items()))},
+        "environment": dict(sorted(source.env.items())),
         "limits": {"memory": memory_limit(source)},
         "labels": {"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": str(source.max_workers)},
         "annotations": {"com.openfaas.health.http.path": HEALTH_PATH, "com.openfaas.ready.http.path": HEALTH_PATH},
@@ -240,6 +241,12 @@ def _header(source: Source, what: str, command: str) -> str:
             f"# Replace {REGISTRY} with your registry, build and push the image (README.md), then: {command}\n"
             f"# The memory limit holds the whole container: {source.max_workers} workers of {source.memory_mb} MiB "
             f"each (serve-one bounds each worker so) and {SERVE_ONE_MB} MiB for serve-one itself.\n")
+
+
+def _gateway_note(source: Source) -> str:
+    seconds = f"{math.ceil(source.timeout)}s"  # a Go duration, as the gateway's settings are written
+    return (f"# serve-one ends a call after {seconds}; the gateway's own timeouts are the cluster's settings (the "
+            f"chart's gateway.upstreamTimeout, 60s by default, and readTimeout, writeTimeout): keep them above it.\n")
 
 
 def memory_limit(source: Source) -> str:
