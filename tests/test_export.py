@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -412,6 +413,17 @@ def test_an_export_follows_the_live_version(deployed: Server, tmp_path: Path) ->
     assert doc["containers"][0]["resources"]["limits"]["memory"] == f"{3 * 128 + 64}Mi"
     assert doc["containers"][0]["env"] == [{"name": "MODE", "value": "on"}]
     assert json.loads((tmp_path / "v2" / "tinyfaas.json").read_text())["version"] == "2"
+
+
+def test_kubernetes_names_never_collide_and_leave_room_for_revisions() -> None:
+    label = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # DNS-1035
+    changed = ["My_Fn", "MY_FN", "my_fn", "9lives", "a" * 64, "a" * 63 + "b", "x" * 58]
+    names = {name: export.resource_name(name) for name in ["my-fn", "x" * 57, *changed]}
+    assert names["my-fn"] == "my-fn" and names["x" * 57] == "x" * 57  # a name that is a label stays as it is
+    assert len(set(names.values())) == len(names)  # a name that had to change carries a hash of the original
+    assert all(label.fullmatch(n) and len(n) + len("-00001") <= 63 for n in names.values())  # Knative's revisions
+    assert names["My_Fn"].startswith("my-fn-") and names["9lives"].startswith("fn-9lives-")
+    assert export.secret_name("a" * 64) == names["a" * 64] + "-secrets"  # a Secret's name may be longer
 
 
 def test_yaml_keys_longer_than_yaml_allows_implicit_keys_are_explicit() -> None:

@@ -24,6 +24,7 @@ few characters YAML treats differently are escaped too (`quote`). Secrets are re
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -45,7 +46,8 @@ USER_ID = 10001              # the image's user: not root, numeric (needs no /et
 HEALTH_PATH = "/healthz"
 REGISTRY = "REGISTRY"        # the placeholder the user replaces with their registry, in the image name
 SERVE_ONE_MB = 64            # serve-one itself (about 30 MB resident) and headroom, beside its workers' memory
-MAX_RESOURCE_NAME = 63       # a DNS-1035 label: Knative Services and OpenFaaS functions are named by one
+MAX_RESOURCE_NAME = 63 - len("-00001")  # a DNS-1035 label (63), less the suffix of Knative's revision names
+_NAME_HASH = 7               # hex digits of a hash that tell apart names made alike (49 characters of name, '-', 7)
 # env names Knative sets itself and refuses in a Service; PORT would also move serve-one's port under OpenFaaS
 _RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 RUNTIME = "runtime"          # holds tinyfaas_std/: serve-one's working folder and import path
@@ -259,17 +261,22 @@ def image(source: Source) -> str:
 
 
 def secret_name(name: str) -> str:
-    """The Kubernetes Secret (and OpenFaaS secret) that holds the function's secrets, one key each."""
-    return resource_name(name)[:MAX_RESOURCE_NAME - len("-secrets")].rstrip("-") + "-secrets"
+    """The Kubernetes Secret (and OpenFaaS secret) that holds the function's secrets, one key each. A Secret's name
+    is a DNS subdomain (up to 253 characters), so the suffix never shortens the function's part."""
+    return resource_name(name) + "-secrets"
 
 
 def resource_name(name: str) -> str:
     """`name` as a DNS-1035 label, what Kubernetes, Knative and OpenFaaS name things by: lower case letters,
-    digits and '-', starting with a letter, at most 63 characters."""
+    digits and '-', starting with a letter, short enough for Knative's revision names (`<name>-00001`). A name
+    that had to change carries a hash of the original, so `My_Fn`, `MY_FN` and `my-fn` stay three names."""
     label = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if not label[:1].isalpha():
         label = "fn-" + label
-    return label[:MAX_RESOURCE_NAME].rstrip("-")
+    if label == name and len(label) <= MAX_RESOURCE_NAME:
+        return label
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_NAME_HASH]
+    return f"{label[:MAX_RESOURCE_NAME - _NAME_HASH - 1].rstrip('-')}-{digest}"
 
 
 def filename(source: Source) -> str:
