@@ -378,17 +378,20 @@ def test_the_dockerfile_installs_exactly_the_requirements_as_a_numeric_non_root_
     steps = instructions("ex-args")
     assert steps[0] == ("FROM", f"python:{sys.version_info[0]}.{sys.version_info[1]}-slim")
     runs = [json.loads(arg) for op, arg in steps if op == "RUN"]
-    assert runs[0][:4] == ["python", "-m", "pip", "install"] and runs[0][4].startswith("psutil")
-    assert runs[1] == ["python", "-m", "pip", "install", "-r", "requirements.txt"]
-    assert runs[2] == ["chmod", "-R", "a+rX", "/app"] and steps.index(("RUN", json.dumps(runs[2]))) < \
+    assert runs[0][:4] == ["python", "-m", "pip", "install"] and runs[0][4].startswith("psutil")  # serve-one's
+    assert runs[1] == ["python", "-m", "venv", "/opt/function"]  # the function's own: it sees no psutil
+    assert runs[2] == ["/opt/function/bin/pip", "install", "-r", "requirements.txt"]
+    assert runs[3] == ["chmod", "-R", "a+rX", "/app"] and steps.index(("RUN", json.dumps(runs[3]))) < \
         steps.index(("USER", "10001:10001"))  # as root: files private to whoever exported them become readable
     assert (exports["ex-args"] / "requirements.txt").read_text().splitlines() == ["greetlib==1.0"]
     user = dict(steps)["USER"].split(":")
     assert all(part.isdigit() and int(part) > 0 for part in user)
     assert dict(steps)["EXPOSE"] == "8080"
-    assert json.loads(dict(steps)["CMD"]) == ["python", "-m", "tinyfaas_std", "serve-one", "/app"]
+    assert json.loads(dict(steps)["CMD"]) == ["python", "-m", "tinyfaas_std", "serve-one", "/app", "--python",
+                                              "/opt/function/bin/python"]
     assert [arg for op, arg in steps if op == "WORKDIR"][-1] == "/app/runtime"  # python -m: the cwd comes first
-    assert len([op for op, _ in instructions("ex-plain") if op == "RUN"]) == 2  # psutil, chmod: no requirements
+    plain = [json.loads(arg) for op, arg in instructions("ex-plain") if op == "RUN"]
+    assert plain[1:] == [["python", "-m", "venv", "--without-pip", "/opt/function"], ["chmod", "-R", "a+rX", "/app"]]
 
 
 def test_the_settings_file_and_readme(exports: dict[str, Path]) -> None:

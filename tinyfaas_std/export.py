@@ -44,6 +44,7 @@ SETTINGS_FORMAT = 1          # bumped when tinyfaas.json changes meaning; serve-
 PORT = 8080                  # OpenFaaS requires 8080; Knative sends $PORT, 8080 unless the manifest says otherwise
 USER_ID = 10001              # the image's user: not root, numeric (needs no /etc/passwd entry; runAsNonRoot checks it)
 HEALTH_PATH = "/healthz"
+FUNCTION_VENV = "/opt/function"  # in the image: the venv of the function's requirements, which its workers run
 REGISTRY = "REGISTRY"        # the placeholder the user replaces with their registry, in the image name
 SERVE_ONE_MB = 64            # serve-one itself (about 30 MB resident) and headroom, beside its workers' memory
 MAX_RESOURCE_NAME = 63 - len("-00001")  # a DNS-1035 label (63), less the suffix of Knative's revision names
@@ -118,9 +119,12 @@ def settings(source: Source) -> dict[str, Any]:
 
 
 def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
-    """The image: the server's Python minor version, the runtime's psutil, exactly the function's requirements, the
-    folder in /app, a numeric non-root user. RUN in exec form: no shell reads a requirement."""
-    install = ['RUN ["python", "-m", "pip", "install", "-r", "requirements.txt"]\n'] if source.requirements else []
+    """The image: the server's Python minor version; serve-one's psutil in that Python, and exactly the function's
+    requirements in a venv of their own, which its workers run (`--python`), so the function sees its requirements
+    and nothing of serve-one's, as on the server; the folder in /app, a numeric non-root user. RUN in exec form: no
+    shell reads a requirement."""
+    install = [f'RUN ["{FUNCTION_VENV}/bin/pip", "install", "-r", "requirements.txt"]\n'] if source.requirements else []
+    venv = ["python", "-m", "venv", *([] if source.requirements else ["--without-pip"]), FUNCTION_VENV]
     return "".join([
         f"# The function {source.name} (version {source.version}) of a tinyfaas_std server, served by serve-one.\n",
         f"# docker build -t {image(source)} .   (see README.md)\n",
@@ -128,6 +132,7 @@ def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
         "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1\n",
         "WORKDIR /app\n",
         f'RUN ["python", "-m", "pip", "install", {json.dumps(psutil)}]\n',
+        f"RUN {json.dumps(venv)}\n",
         "COPY requirements.txt ./\n",
         *install,
         "COPY . ./\n",
@@ -135,7 +140,7 @@ def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
         f"USER {USER_ID}:{USER_ID}\n",
         f"WORKDIR /app/{RUNTIME}\n",  # serve-one's import path: the runtime, never the function's files
         f"EXPOSE {PORT}\n",
-        'CMD ["python", "-m", "tinyfaas_std", "serve-one", "/app"]\n',
+        f'CMD ["python", "-m", "tinyfaas_std", "serve-one", "/app", "--python", "{FUNCTION_VENV}/bin/python"]\n',
     ])
 
 
@@ -190,7 +195,8 @@ def readme(source: Source) -> str:
         "",
         f"Version {source.version} of `{name}` ({source.calling} calling convention, timeout {source.timeout:g} s, "
         f"{source.memory_mb} MiB, {source.max_workers} workers), ready for a container platform. The image runs "
-        "`python -m tinyfaas_std serve-one /app`: the same answers as on the server, at `/function/" + name + "` "
+        f"`python -m tinyfaas_std serve-one /app --python {FUNCTION_VENV}/bin/python` (workers in a venv of exactly "
+        "its requirements): the same answers as on the server, at `/function/" + name + "` "
         "and at `/`, with `/healthz` for probes. `tinyfaas.json` holds its settings; set `TINYFAAS_PASSWORD` (and "
         "`TINYFAAS_USERNAME`, default `admin`) in its environment to require Basic Auth.",
         "",
@@ -205,7 +211,7 @@ def readme(source: Source) -> str:
         "",
         "Or try it without a container: serve-one runs from `runtime/`, so that only the runtime is on its import "
         "path, never the function's files (a `gzip.py` of the function's is its own, not serve-one's); its workers "
-        "run an interpreter with the function's requirements, and serve-one's needs `psutil`:",
+        "run an interpreter with the function's requirements, and serve-one's own needs `psutil`:",
         "",
         "```sh",
         f"python3 -m venv /tmp/{resource_name(name)}-venv && /tmp/{resource_name(name)}-venv/bin/pip install "

@@ -12,7 +12,7 @@ What differs, because a container platform runs it:
 - settings come from `tinyfaas.json`, checked by the server's rules (settings.py); an env value there is overridden
   by the process environment's, and each secret is read by name from the process environment (how Knative passes a
   Secret) or from OpenFaaS's secret files. The worker still sees only its env and secrets, never this process's env;
-- the workers run `--python`, by default this interpreter: in the image that is the Python the Dockerfile installed
+- the workers run `--python`, by default this interpreter: in the image, the venv the Dockerfile installed exactly
   the requirements into, so nothing is built at start (no network, no pip, a start in well under a second);
 - Basic Auth only when TINYFAAS_PASSWORD is set (the platform may authenticate in front), and no throttle of failed
   logins (behind a proxy every client has the proxy's address);
