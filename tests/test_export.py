@@ -335,7 +335,7 @@ def test_knative_yaml_is_a_service_with_the_functions_settings(exports: dict[str
     assert doc["apiVersion"] == "serving.knative.dev/v1" and doc["kind"] == "Service"
     assert doc["metadata"]["name"] == "ex-args"
     spec = doc["spec"]["template"]["spec"]
-    assert spec["containerConcurrency"] == 2 and spec["timeoutSeconds"] == 5
+    assert spec["containerConcurrency"] == 2 and spec["timeoutSeconds"] == 5 + 5  # serve-one's own 504 first
     assert type(spec["containerConcurrency"]) is int and type(spec["timeoutSeconds"]) is int  # as Knative reads them
     (container,) = spec["containers"]
     assert container["image"] == "REGISTRY/ex-args:latest"
@@ -350,7 +350,7 @@ def test_knative_yaml_is_a_service_with_the_functions_settings(exports: dict[str
                                                                                "key": "API_KEY"}}}
     plain = yaml.safe_load((exports["ex-plain"] / "knative.yaml").read_text())["spec"]["template"]["spec"]
     assert "env" not in plain["containers"][0] and plain["containerConcurrency"] == 4  # the server's flag
-    assert plain["timeoutSeconds"] == 2  # the module server's --timeout 2
+    assert plain["timeoutSeconds"] == 2 + 5  # the module server's --timeout 2
 
 
 def test_openfaas_yml_is_a_stack_file_with_the_same_settings(exports: dict[str, Path]) -> None:
@@ -412,7 +412,7 @@ def test_an_export_follows_the_live_version(deployed: Server, tmp_path: Path) ->
                                                                   b'"max_workers": 3, "env": {"MODE": "on"}}').status == 200
     assert tf(deployed.port, "export", "ex-plain", "--out", str(tmp_path / "v2")).returncode == 0
     doc = yaml.safe_load((tmp_path / "v2" / "knative.yaml").read_text())["spec"]["template"]["spec"]
-    assert (doc["containerConcurrency"], doc["timeoutSeconds"]) == (3, 7)
+    assert (doc["containerConcurrency"], doc["timeoutSeconds"]) == (3, 7 + 5)
     assert doc["containers"][0]["resources"]["limits"]["memory"] == f"{3 * 128 + 64}Mi"
     assert doc["containers"][0]["env"] == [{"name": "MODE", "value": "on"}]
     assert json.loads((tmp_path / "v2" / "tinyfaas.json").read_text())["version"] == "2"

@@ -44,6 +44,7 @@ SETTINGS_FORMAT = 1          # bumped when tinyfaas.json changes meaning; serve-
 PORT = 8080                  # OpenFaaS requires 8080; Knative sends $PORT, 8080 unless the manifest says otherwise
 USER_ID = 10001              # the image's user: not root, numeric (needs no /etc/passwd entry; runAsNonRoot checks it)
 HEALTH_PATH = "/healthz"
+TIMEOUT_MARGIN = 5           # seconds Knative waits beyond the function's timeout: serve-one's own JSON 504 comes first
 FUNCTION_VENV = "/opt/function"  # in the image: the venv of the function's requirements, which its workers run
 REGISTRY = "REGISTRY"        # the placeholder the user replaces with their registry, in the image name
 SERVE_ONE_MB = 64            # serve-one itself (about 30 MB resident) and headroom, beside its workers' memory
@@ -146,8 +147,8 @@ def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
 
 def knative(source: Source) -> dict[str, Any]:
     """A Knative Serving Service: one request per worker at a time (containerConcurrency), the function's timeout
-    for a request, room for serve-one and every worker in the container's memory limit, ready when /healthz says
-    so."""
+    for a request (whole seconds, and a margin), room for serve-one and every worker in the container's memory
+    limit, ready when /healthz says so."""
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in sorted(source.env.items())]
     env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(source.name), "key": key}}}
             for key in source.secrets]
@@ -162,7 +163,7 @@ def knative(source: Source) -> dict[str, Any]:
     return {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
             "metadata": {"name": resource_name(source.name)},
             "spec": {"template": {"spec": {"containerConcurrency": source.max_workers,
-                                           "timeoutSeconds": math.ceil(source.timeout),  # an integer there
+                                           "timeoutSeconds": math.ceil(source.timeout) + TIMEOUT_MARGIN,
                                            "containers": [container]}}}}
 
 
