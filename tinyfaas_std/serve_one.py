@@ -352,7 +352,8 @@ def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConf
         log.error("serve-one: cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 2
     configure_socket(server)
-    stopping = threading.Event()
+    stopping, ended = threading.Event(), threading.Event()
+    threading.Thread(target=_sweep_orphans, args=(ended,), name="orphans", daemon=True).start()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if not stopping.is_set():
@@ -373,12 +374,11 @@ def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConf
                     "function (set TINYFAAS_USERNAME and TINYFAAS_PASSWORD to require Basic Auth)")
     log.info("containment: %s", json.dumps(core.sandbox.isolation.public()))
     report_isolation(core.sandbox.isolation, "serve-one")
-    threading.Thread(target=_sweep_orphans, args=(stopping,), name="orphans", daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        stopping.set()
         core.close(config.grace)
+        ended.set()
         end_orphans()
         server.wait_idle(ANSWER_GRACE)
         server.server_close()
@@ -386,8 +386,8 @@ def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConf
     return 0
 
 
-def _sweep_orphans(stopping: threading.Event) -> None:
+def _sweep_orphans(ended: threading.Event) -> None:
     """serve-one is a subreaper (or a container's PID 1): whatever a dead launcher left behind comes here, and is
-    killed and reaped (sandbox.end_orphans) within ORPHAN_SWEEP seconds."""
-    while not stopping.wait(ORPHAN_SWEEP):
+    killed and reaped (sandbox.end_orphans) within ORPHAN_SWEEP seconds, until the workers are stopped."""
+    while not ended.wait(ORPHAN_SWEEP):
         end_orphans()
