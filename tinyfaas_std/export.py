@@ -11,7 +11,8 @@ folder, so that `serve-one DIR` serves it as it is and the image is `COPY . /app
   serve-one runs from `runtime/` (`python -m` puts the current folder first on the import path), so that the
   function's folder is never on serve-one's import path: a function's `gzip.py` or `tempfile.py` is imported by
   its workers, as on the server, never by serve-one itself;
-- `Dockerfile` and `.dockerignore`, `knative.yaml`, `openfaas.yml` and a `README.md` of the commands.
+- `Dockerfile` (serve-one in the image's Python with its psutil; the function's requirements in a venv of their
+  own, which its workers run) and `.dockerignore`, `knative.yaml`, `openfaas.yml` and a `README.md` of the commands.
 A function's file or folder with one of these names at the top, also but for case, cannot be exported (409
 `export_conflict`): either file would be lost.
 
