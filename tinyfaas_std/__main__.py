@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -15,7 +14,7 @@ from . import client, serve_one, users
 from .config import DEFAULT_PASSWORD, parse_config
 from .faas import FunctionManager
 from .httpd import make_server
-from .sandbox import SandboxUnavailable
+from .sandbox import SandboxUnavailable, report_isolation
 from .status import Sampler
 
 log = logging.getLogger("tinyfaas_std")
@@ -29,17 +28,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _report_isolation(isolation: dict) -> None:
-    if isolation["per_function_user"]:
-        log.info("containment: each function under its own uid, in its own PID and mount namespaces")
-        return
-    hidden = isolation["process_tree"] == "pid-namespace"
-    log.warning("containment (%s): functions run under the server's own uid %d, with no bound on their processes; "
-                "%s. For a uid per function, run the server as root where namespaces are allowed.", isolation["mode"], os.geteuid(),
-                "namespaces hide data/, other functions and the server from them" if hidden else
-                "no namespaces are allowed here, so they can read what the server can and signal it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.password == DEFAULT_PASSWORD and not _is_loopback(config.host):
         log.warning("the default password is in use on a non-loopback address: set --password or "
                     "TINYFAAS_PASSWORD")
-    _report_isolation(manager.sandbox.isolation.public())
+    report_isolation(manager.sandbox.isolation, "the server")
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

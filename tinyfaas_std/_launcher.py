@@ -284,6 +284,7 @@ def _namespaces(spec: dict, channel: int, lifeline: int) -> int:
             os.close(channel)
         return os.waitstatus_to_exitcode(os.waitpid(init, 0)[1]) % 256
     try:
+        os.setsid()  # like everything of the worker's tree, never in the server's session (sandbox.end_orphans)
         os.close(here_w)
         _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         if select.select([here_r], [], [], 0)[0]:  # end of file: we died before PDEATHSIG was set

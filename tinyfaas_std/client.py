@@ -425,14 +425,25 @@ def export(target: Target, args: argparse.Namespace) -> int:
 
 
 def _write_tree(out: Path, files: dict[str, bytes]) -> None:
-    """Write clean relative paths (archive.py checked them) under `out`, never over an existing file or link."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write clean relative paths (archive.py checked them) under `out`, never over an existing file or link. Files
+    are 0644 and folders 0755 whatever the umask: an image's non-root user reads what `COPY` takes from here."""
+    _make_folder(out)
     for path, data in sorted(files.items()):
         target = out.joinpath(*path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(target.parent)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)
         with open(fd, "wb") as f:
             f.write(data)
+
+
+def _make_folder(folder: Path) -> None:
+    """`folder` and the folders missing above it, each 0755."""
+    if folder.is_dir():
+        return
+    _make_folder(folder.parent)
+    folder.mkdir()
+    os.chmod(folder, 0o755)
 
 
 def status(target: Target, args: argparse.Namespace) -> int:

@@ -210,7 +210,7 @@ def parse_serve_one(argv: Sequence[str], environ: Mapping[str, str] | None = Non
                         help="port to listen on, 0 picks a free one (env PORT, which Knative sets; default 8080)")
     parser.add_argument("--python", default=environ.get("TINYFAAS_PYTHON", sys.executable),
                         help="the interpreter the workers run, which has the function's requirements (env "
-                             "TINYFAAS_PYTHON; default: this one, as in the exported image)")
+                             "TINYFAAS_PYTHON; default: this one; the exported image gives its venv)")
     parser.add_argument("--secrets-dir", type=Path,
                         default=environ.get("TINYFAAS_SECRETS_DIR", "/var/openfaas/secrets"),
                         help="where secrets not in the environment are read from, as OpenFaaS mounts them (env "

@@ -3,13 +3,18 @@
 Strategy: pure, but for `runtime_files`, which reads this package's own modules. `build` turns what the server knows
 of a function (a `Source`: its files, requirements, settings and the NAMES of its secrets, never their values) into
 the folder's files, {relative path: bytes}; `pack` makes them a .tar.gz, the same bytes for the same version. The
-folder, flat, so that `serve-one DIR` serves it as it is and the image is `COPY . /app`:
+folder, so that `serve-one DIR` serves it as it is and the image is `COPY . /app`:
 - the function's own files as uploaded (`func.py` and, from an archive, its modules and data, same layout) and
   `requirements.txt` (exactly its requirements; empty when it has none);
 - `tinyfaas.json`: what `serve-one` (serve_one.py) reads: calling convention, env, secret names, limits;
-- `tinyfaas_std/`: the runtime, so that the image builds from the folder alone;
-- `Dockerfile` and `.dockerignore`, `knative.yaml`, `openfaas.yml` and a `README.md` of the commands.
-A function file with one of these names cannot be exported (409 `export_conflict`): either file would be lost.
+- `runtime/tinyfaas_std/`: the runtime, so that the image builds from the folder alone. It is a folder down, and
+  serve-one runs from `runtime/` (`python -m` puts the current folder first on the import path), so that the
+  function's folder is never on serve-one's import path: a function's `gzip.py` or `tempfile.py` is imported by
+  its workers, as on the server, never by serve-one itself;
+- `Dockerfile` (serve-one in the image's Python with its psutil; the function's requirements in a venv of their
+  own, which its workers run) and `.dockerignore`, `knative.yaml`, `openfaas.yml` and a `README.md` of the commands.
+A function's file or folder with one of these names at the top, also but for case, cannot be exported (409
+`export_conflict`): either file would be lost.
 
 Manifests are YAML written here (the server has no YAML library): every string, and every key that is not plainly
 safe, is written in JSON's string syntax, which YAML reads as a double-quoted scalar with the same meaning once the
@@ -20,6 +25,7 @@ few characters YAML treats differently are escaped too (`quote`). Secrets are re
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -32,17 +38,25 @@ from typing import Any
 from .errors import Conflict
 
 __all__ = ["Source", "build", "pack", "filename", "runtime_files", "resource_name", "secret_name", "quote", "yaml",
-           "SETTINGS_FILE", "SETTINGS_FORMAT", "PORT", "USER_ID", "HEALTH_PATH", "REGISTRY"]
+           "SETTINGS_FILE", "SETTINGS_FORMAT", "RUNTIME", "PORT", "USER_ID", "HEALTH_PATH", "REGISTRY"]
 
 SETTINGS_FILE = "tinyfaas.json"
 SETTINGS_FORMAT = 1          # bumped when tinyfaas.json changes meaning; serve-one refuses formats it does not know
 PORT = 8080                  # OpenFaaS requires 8080; Knative sends $PORT, 8080 unless the manifest says otherwise
 USER_ID = 10001              # the image's user: not root, numeric (needs no /etc/passwd entry; runAsNonRoot checks it)
 HEALTH_PATH = "/healthz"
+TIMEOUT_MARGIN = 5           # seconds Knative waits beyond the function's timeout: serve-one's own JSON 504 comes first
+FUNCTION_VENV = "/opt/function"  # in the image: the venv of the function's requirements, which its workers run
 REGISTRY = "REGISTRY"        # the placeholder the user replaces with their registry, in the image name
-MAX_RESOURCE_NAME = 63       # a DNS-1035 label: Knative Services and OpenFaaS functions are named by one
+SERVE_ONE_MB = 64            # serve-one itself (about 30 MB resident) and headroom, beside its workers' memory
+MAX_RESOURCE_NAME = 63 - len("-00001")  # a DNS-1035 label (63), less the suffix of Knative's revision names
+_NAME_HASH = 7               # hex digits of a hash that tell apart names made alike (49 characters of name, '-', 7)
+# env names Knative sets itself and refuses in a Service; PORT would also move serve-one's port under OpenFaaS
+_RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
+RUNTIME = "runtime"          # holds tinyfaas_std/: serve-one's working folder and import path
 _GENERATED = ("Dockerfile", ".dockerignore", "knative.yaml", "openfaas.yml", "README.md", SETTINGS_FILE)
-_RUNTIME = "tinyfaas_std"
+# top-level names, in lower case, that no file or folder of the function may have (see _clashes)
+_TAKEN = frozenset(name.lower() for name in (*_GENERATED, RUNTIME, "requirements.txt", "Dockerfile.dockerignore"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +80,15 @@ class Source:
 def build(source: Source, runtime: dict[str, bytes], python: tuple[int, int], psutil: str) -> dict[str, bytes]:
     """The export folder's files. `runtime`: this package's modules (`runtime_files`); `python`: the (major, minor)
     of the image's base; `psutil`: the runtime's requirement, pinned to the server's own version."""
-    clash = sorted(path for path in source.files if path in _GENERATED or path.split("/", 1)[0] == _RUNTIME)
+    clash = sorted(path for path in source.files if _clashes(path))
     if clash:
         raise Conflict(f"{source.name} has files the export writes itself: {', '.join(clash)}; rename them to "
                        "export it", code="export_conflict", files=clash)
+    reserved = sorted(_RESERVED_ENV & {*source.env, *source.secrets})
+    if reserved:
+        raise Conflict(f"{source.name} has env or secrets named as the platforms' own: {', '.join(reserved)} (Knative "
+                       "refuses them, and PORT is the port serve-one listens on); rename them to export it",
+                       code="export_conflict", env=reserved)
     files = {path: data for path, data in source.files.items() if path != "requirements.txt"}
     files["requirements.txt"] = "".join(f"{line}\n" for line in source.requirements).encode()
     files[SETTINGS_FILE] = (json.dumps(settings(source), indent=2) + "\n").encode()
@@ -78,10 +97,18 @@ def build(source: Source, runtime: dict[str, bytes], python: tuple[int, int], ps
     files["knative.yaml"] = (_header(source, "A Knative Serving Service", "kubectl apply -f knative.yaml")
                              + yaml(knative(source))).encode()
     files["openfaas.yml"] = (_header(source, "An OpenFaaS stack file", "faas-cli deploy -f openfaas.yml")
-                             + yaml(openfaas(source))).encode()
+                             + _gateway_note(source) + yaml(openfaas(source))).encode()
     files["README.md"] = readme(source).encode()
     files.update(runtime)
     return files
+
+
+def _clashes(path: str) -> bool:
+    """Whether a function's file would meet one the export writes: a file or folder of that name at the top, also
+    but for case (one file on a case-insensitive disk; BuildKit reads `dockerfile` and `Dockerfile.dockerignore`).
+    Only `requirements.txt` itself is not a clash: the export rewrites it from the requirements."""
+    top = path.split("/", 1)[0].lower()
+    return top in _TAKEN and path != "requirements.txt"
 
 
 def settings(source: Source) -> dict[str, Any]:
@@ -94,9 +121,12 @@ def settings(source: Source) -> dict[str, Any]:
 
 
 def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
-    """The image: the server's Python minor version, the runtime's psutil, exactly the function's requirements, the
-    folder in /app, a numeric non-root user. RUN in exec form: no shell reads a requirement."""
-    install = ['RUN ["python", "-m", "pip", "install", "-r", "requirements.txt"]\n'] if source.requirements else []
+    """The image: the server's Python minor version; serve-one's psutil in that Python, and exactly the function's
+    requirements in a venv of their own, which its workers run (`--python`), so the function sees its requirements
+    and nothing of serve-one's, as on the server; the folder in /app, a numeric non-root user. RUN in exec form: no
+    shell reads a requirement."""
+    install = [f'RUN ["{FUNCTION_VENV}/bin/pip", "install", "-r", "requirements.txt"]\n'] if source.requirements else []
+    venv = ["python", "-m", "venv", *([] if source.requirements else ["--without-pip"]), FUNCTION_VENV]
     return "".join([
         f"# The function {source.name} (version {source.version}) of a tinyfaas_std server, served by serve-one.\n",
         f"# docker build -t {image(source)} .   (see README.md)\n",
@@ -104,18 +134,22 @@ def dockerfile(source: Source, python: tuple[int, int], psutil: str) -> str:
         "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1\n",
         "WORKDIR /app\n",
         f'RUN ["python", "-m", "pip", "install", {json.dumps(psutil)}]\n',
+        f"RUN {json.dumps(venv)}\n",
         "COPY requirements.txt ./\n",
         *install,
         "COPY . ./\n",
+        'RUN ["chmod", "-R", "a+rX", "/app"]\n',  # as root: COPY keeps modes, private ones (a strict umask) too
         f"USER {USER_ID}:{USER_ID}\n",
+        f"WORKDIR /app/{RUNTIME}\n",  # serve-one's import path: the runtime, never the function's files
         f"EXPOSE {PORT}\n",
-        'CMD ["python", "-m", "tinyfaas_std", "serve-one", "/app"]\n',
+        f'CMD ["python", "-m", "tinyfaas_std", "serve-one", "/app", "--python", "{FUNCTION_VENV}/bin/python"]\n',
     ])
 
 
 def knative(source: Source) -> dict[str, Any]:
     """A Knative Serving Service: one request per worker at a time (containerConcurrency), the function's timeout
-    for a request, its memory as the container's limit, ready when /healthz says so."""
+    for a request (whole seconds, and a margin), room for serve-one and every worker in the container's memory
+    limit, ready when /healthz says so."""
     env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in sorted(source.env.items())]
     env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(source.name), "key": key}}}
             for key in source.secrets]
@@ -123,28 +157,29 @@ def knative(source: Source) -> dict[str, Any]:
     if env:
         container["env"] = env
     container.update({
-        "resources": {"limits": {"memory": f"{source.memory_mb}Mi"}},
+        "resources": {"limits": {"memory": memory_limit(source)}},
         "readinessProbe": {"httpGet": {"path": HEALTH_PATH}},
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
     })
     return {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
             "metadata": {"name": resource_name(source.name)},
             "spec": {"template": {"spec": {"containerConcurrency": source.max_workers,
-                                           "timeoutSeconds": math.ceil(source.timeout),  # an integer there
+                                           "timeoutSeconds": math.ceil(source.timeout) + TIMEOUT_MARGIN,
                                            "containers": [container]}}}}
 
 
 def openfaas(source: Source) -> dict[str, Any]:
-    """An OpenFaaS stack file: the same image and settings. Its secrets are files under /var/openfaas/secrets
-    (OpenFaaS never puts them in the environment); serve-one reads them there. The of-watchdog's variables and the
-    scaling labels say the same concurrency and timeout for the tools that read them."""
-    seconds = f"{source.timeout:g}s"
-    watchdog = {"max_inflight": str(source.max_workers), "read_timeout": seconds, "write_timeout": seconds,
-                "exec_timeout": seconds}
+    """An OpenFaaS stack file: the same image and settings, built from this folder's Dockerfile by `faas-cli up`
+    (`lang: dockerfile`, `handler: .`). Its secrets are files under /var/openfaas/secrets (OpenFaaS never puts them
+    in the environment); serve-one reads them there. The image has no of-watchdog, so none of its variables: serve-one
+    bounds concurrency and each call's time itself, and the gateway's timeouts are the cluster's (the header says).
+    The scaling labels are for OpenFaaS's autoscaler."""
     function: dict[str, Any] = {
+        "lang": "dockerfile",
+        "handler": ".",
         "image": image(source),
-        "environment": {**watchdog, **dict(sorted(source.env.items()))},
-        "limits": {"memory": f"{source.memory_mb}Mi"},
+        "environment": dict(sorted(source.env.items())),
+        "limits": {"memory": memory_limit(source)},
         "labels": {"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": str(source.max_workers)},
         "annotations": {"com.openfaas.health.http.path": HEALTH_PATH, "com.openfaas.ready.http.path": HEALTH_PATH},
     }
@@ -162,7 +197,8 @@ def readme(source: Source) -> str:
         "",
         f"Version {source.version} of `{name}` ({source.calling} calling convention, timeout {source.timeout:g} s, "
         f"{source.memory_mb} MiB, {source.max_workers} workers), ready for a container platform. The image runs "
-        "`python -m tinyfaas_std serve-one /app`: the same answers as on the server, at `/function/" + name + "` "
+        f"`python -m tinyfaas_std serve-one /app --python {FUNCTION_VENV}/bin/python` (workers in a venv of exactly "
+        "its requirements): the same answers as on the server, at `/function/" + name + "` "
         "and at `/`, with `/healthz` for probes. `tinyfaas.json` holds its settings; set `TINYFAAS_PASSWORD` (and "
         "`TINYFAAS_USERNAME`, default `admin`) in its environment to require Basic Auth.",
         "",
@@ -173,6 +209,17 @@ def readme(source: Source) -> str:
         f"docker push {tag}",
         f"docker run --rm -p {PORT}:{PORT} " + "".join(f"-e {key} " for key in source.secrets) + tag
         + "   # try it: its secrets from your environment",
+        "```",
+        "",
+        "Or try it without a container: serve-one runs from `runtime/`, so that only the runtime is on its import "
+        "path, never the function's files (a `gzip.py` of the function's is its own, not serve-one's); its workers "
+        "run an interpreter with the function's requirements, and serve-one's own needs `psutil`:",
+        "",
+        "```sh",
+        f"python3 -m venv /tmp/{resource_name(name)}-venv && /tmp/{resource_name(name)}-venv/bin/pip install "
+        "-r requirements.txt",
+        f"cd {RUNTIME} && " + "".join(f"{key}=... " for key in source.secrets) + "python3 -m tinyfaas_std serve-one .. "
+        f"--port {PORT} --python /tmp/{resource_name(name)}-venv/bin/python",
         "```",
         "",
     ]
@@ -201,7 +248,20 @@ def readme(source: Source) -> str:
 
 def _header(source: Source, what: str, command: str) -> str:
     return (f"# {what} for the function {source.name} (version {source.version}) of a tinyfaas_std server.\n"
-            f"# Replace {REGISTRY} with your registry, build and push the image (README.md), then: {command}\n")
+            f"# Replace {REGISTRY} with your registry, build and push the image (README.md), then: {command}\n"
+            f"# The memory limit holds the whole container: {source.max_workers} workers of {source.memory_mb} MiB "
+            f"each (serve-one bounds each worker so) and {SERVE_ONE_MB} MiB for serve-one itself.\n")
+
+
+def _gateway_note(source: Source) -> str:
+    seconds = f"{math.ceil(source.timeout)}s"  # a Go duration, as the gateway's settings are written
+    return (f"# serve-one ends a call after {seconds}; the gateway's own timeouts are the cluster's settings (the "
+            f"chart's gateway.upstreamTimeout, 60s by default, and readTimeout, writeTimeout): keep them above it.\n")
+
+
+def memory_limit(source: Source) -> str:
+    """The container's memory limit: it holds serve-one and up to max_workers workers, each within memory_mb."""
+    return f"{source.max_workers * source.memory_mb + SERVE_ONE_MB}Mi"
 
 
 def image(source: Source) -> str:
@@ -209,17 +269,22 @@ def image(source: Source) -> str:
 
 
 def secret_name(name: str) -> str:
-    """The Kubernetes Secret (and OpenFaaS secret) that holds the function's secrets, one key each."""
-    return resource_name(name)[:MAX_RESOURCE_NAME - len("-secrets")].rstrip("-") + "-secrets"
+    """The Kubernetes Secret (and OpenFaaS secret) that holds the function's secrets, one key each. A Secret's name
+    is a DNS subdomain (up to 253 characters), so the suffix never shortens the function's part."""
+    return resource_name(name) + "-secrets"
 
 
 def resource_name(name: str) -> str:
     """`name` as a DNS-1035 label, what Kubernetes, Knative and OpenFaaS name things by: lower case letters,
-    digits and '-', starting with a letter, at most 63 characters."""
+    digits and '-', starting with a letter, short enough for Knative's revision names (`<name>-00001`). A name
+    that had to change carries a hash of the original, so `My_Fn`, `MY_FN` and `my-fn` stay three names."""
     label = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if not label[:1].isalpha():
         label = "fn-" + label
-    return label[:MAX_RESOURCE_NAME].rstrip("-")
+    if label == name and len(label) <= MAX_RESOURCE_NAME:
+        return label
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_NAME_HASH]
+    return f"{label[:MAX_RESOURCE_NAME - _NAME_HASH - 1].rstrip('-')}-{digest}"
 
 
 def filename(source: Source) -> str:
@@ -240,10 +305,10 @@ def pack(files: dict[str, bytes], mtime: float) -> bytes:
 
 
 def runtime_files() -> dict[str, bytes]:
-    """This package's modules as `tinyfaas_std/<module>.py`: what serve-one and its workers run (the dashboard's
-    files are not needed)."""
+    """This package's modules as `runtime/tinyfaas_std/<module>.py`: what serve-one and its workers run (the
+    dashboard's files are not needed)."""
     package = Path(__file__).resolve().parent
-    return {f"{_RUNTIME}/{path.name}": path.read_bytes() for path in sorted(package.glob("*.py"))}
+    return {f"{RUNTIME}/tinyfaas_std/{path.name}": path.read_bytes() for path in sorted(package.glob("*.py"))}
 
 
 # -- YAML, written by hand ----------------------------------------------------------------------------------------
@@ -252,6 +317,7 @@ def runtime_files() -> dict[str, bytes]:
 # U+2029 (line breaks to a YAML 1.1 reader, folded inside a quoted scalar), the BOM, non-characters, lone surrogates.
 _YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
 _PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_./-]*")
+MAX_IMPLICIT_KEY = 1024  # YAML 1.2 7.4.2 (and 1.1): an implicit key is at most 1024 characters, quotes included
 _YAML11_WORDS = {"y", "yes", "n", "no", "true", "false", "on", "off", "null"}  # read as booleans or null when plain
 
 
@@ -269,20 +335,22 @@ def yaml(value: dict[str, Any]) -> str:
 def _block(value: dict[str, Any] | list[Any], pad: str) -> list[str]:
     lines = []
     for key, item in (value.items() if isinstance(value, dict) else ((None, v) for v in value)):
-        lead = f"{pad}{_key(key)}:" if key is not None else f"{pad}-"
+        lead = _lead(key, pad) if key is not None else [f"{pad}-"]
         if isinstance(item, (dict, list)) and item:
             nested = _block(item, pad + "  ")
             if key is None and isinstance(item, dict):  # "- first: x" with the rest of the mapping below it
-                lines += [f"{lead} {nested[0].lstrip()}", *nested[1:]]
+                lines += [f"{lead[0]} {nested[0].lstrip()}", *nested[1:]]
             else:
-                lines += [lead, *nested]
+                lines += [*lead, *nested]
         else:
-            lines.append(f"{lead} {_scalar(item)}")
+            lines += [*lead[:-1], f"{lead[-1]} {_scalar(item)}"]
     return lines
 
 
-def _key(key: str) -> str:
-    return key if _PLAIN_KEY.fullmatch(key) and key.lower() not in _YAML11_WORDS else quote(key)
+def _lead(key: str, pad: str) -> list[str]:
+    """The line(s) that open a key's entry: `key:`, or for a key too long to be implicit, `? key` then `:`."""
+    text = key if _PLAIN_KEY.fullmatch(key) and key.lower() not in _YAML11_WORDS else quote(key)
+    return [f"{pad}{text}:"] if len(text) < MAX_IMPLICIT_KEY else [f"{pad}? {text}", f"{pad}:"]
 
 
 def _scalar(value: Any) -> str:

@@ -91,6 +91,8 @@ class HttpServer(ThreadingHTTPServer):
     routes: list[RouteSpec] = ROUTES                                        # found by find_route
     public: dict[tuple[str, str], Callable[[Any], Reply]] = PUBLIC          # (method, path): no credentials
     function_page_headers: tuple[tuple[str, str], ...] = ()                 # added to http functions' answers
+    # paths another site's page may change things on: calls (see _refuse_other_sites); "/" for every path
+    open_to_other_sites: tuple[str, ...] = ("/function/", "/async-function/")
 
     def __init__(self, address: tuple[str, int], config: Config, manager: Core,
                  auth: Authenticator | NoAuth) -> None:
@@ -239,7 +241,7 @@ class Handler(BaseHTTPRequestHandler):
             return public(self.server)
         headers = req.headers
         if ("origin" in headers or headers.get("sec-fetch-site", "none") not in _THIS_SITE) \
-                and req.method not in _SAFE_METHODS and not req.path.startswith(_CALL_PATHS):
+                and req.method not in _SAFE_METHODS and not req.path.startswith(self.server.open_to_other_sites):
             _refuse_other_sites(req)  # a browser's request to change something
         user = self._authenticate(req)
         if not req.path.startswith(("/function/", "/async-function/")) and self._opened_by_function():
@@ -457,7 +459,6 @@ class Handler(BaseHTTPRequestHandler):
 
 _THIS_SITE = ("none", "same-origin")  # Sec-Fetch-Site: typed or bookmarked by the user, or from this origin's page
 _SAFE_METHODS = ("GET", "HEAD")
-_CALL_PATHS = ("/function/", "/async-function/")
 
 
 def _refuse_other_sites(req: http11.RequestHead) -> None:

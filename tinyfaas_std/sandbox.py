@@ -9,15 +9,24 @@ once, which containment the machine allows, strongest first, and uses that for e
 - `subreaper`: no namespaces. The launcher adopts every orphan of the worker's tree and kills it when the worker
   ends; the function shares the server's uid and view of the files.
 `_launcher.py` does the work inside the new process (see there); this module decides what it is told, on
-the launcher's stdin (never in its arguments, which any process may read). The
-server keeps the write end of a "lifeline" pipe that every launcher watches: when the server ends, even by
-SIGKILL, the pipe closes and every worker's tree is killed.
+the launcher's stdin (never in its arguments, which any process may read), and none of the server's environment
+reaches the launcher either. The server keeps the write end of a "lifeline" pipe that every launcher watches: when
+the server ends, even by SIGKILL, the pipe closes and every worker's tree is killed.
+
+In `subreaper` mode functions share the server's uid and see its processes: the server makes itself not dumpable,
+so its /proc files (its environment: TINYFAAS_PASSWORD) and its memory are closed to them, and ptrace is refused.
+Nothing but another uid stops their signals. serve-one, whose only children are launchers, also adopts what a dead
+launcher leaves behind (`adopt_orphans`, `end_orphans`): a function that kills its own launcher could otherwise
+leave a daemon running.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,13 +36,18 @@ from pathlib import Path
 from typing import Any
 
 
-__all__ = ["Sandbox", "SandboxUnavailable", "Isolation", "WorkerSpec", "LAUNCHER", "WORKER_SCRIPT"]
+__all__ = ["Sandbox", "SandboxUnavailable", "Isolation", "WorkerSpec", "LAUNCHER", "WORKER_SCRIPT",
+           "report_isolation", "adopt_orphans", "end_orphans"]
+
+log = logging.getLogger("tinyfaas_std")
 
 PACKAGE = Path(__file__).resolve().parent
 LAUNCHER = PACKAGE / "_launcher.py"
 WORKER_SCRIPT = PACKAGE / "_worker.py"
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _MODES = ("namespace-root", "namespace-user", "subreaper")
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SandboxUnavailable(Exception):
@@ -89,6 +103,8 @@ class Sandbox:
         if mode is not None and not self._works(mode):
             raise SandboxUnavailable(f"the isolation mode {mode!r} does not work here")
         self.isolation = self._isolation(mode or self._probe())
+        if self.isolation.mode == "subreaper":
+            _prctl(PR_SET_DUMPABLE, 0)  # its environment and memory closed to functions of its own uid (see above)
 
     def _isolation(self, mode: str) -> Isolation:
         root = mode == "namespace-root"
@@ -112,7 +128,7 @@ class Sandbox:
                                  str(PACKAGE))
         try:
             done = subprocess.run([sys.executable, "-I", "-S", str(LAUNCHER)], input=json.dumps(spec).encode(),
-                                  pass_fds=(self._life_r,), capture_output=True, timeout=30)
+                                  pass_fds=(self._life_r,), capture_output=True, timeout=30, env={})
         except (OSError, subprocess.TimeoutExpired):
             return False
         return done.returncode == 0
@@ -130,8 +146,9 @@ class Sandbox:
         launch = self._launch_spec(self.isolation.mode, argv, env, uid, channel, mounts, str(spec.code))
         if spec.memory_mb:
             launch["memory_bytes"] = spec.memory_mb * 1024 * 1024
+        # No environment: a function of the server's uid may read its launcher's (/proc/<pid>/environ).
         proc = subprocess.Popen([sys.executable, "-I", "-S", str(LAUNCHER)], pass_fds=(channel, self._life_r),
-                                stdin=subprocess.PIPE, stdout=_server_stderr(), cwd="/")
+                                stdin=subprocess.PIPE, stdout=_server_stderr(), cwd="/", env={})
         with proc.stdin:  # type: ignore[union-attr]  # the spec holds the function's secrets: never in argv
             proc.stdin.write(json.dumps(launch).encode())  # type: ignore[union-attr]
         return proc
@@ -152,6 +169,58 @@ class Sandbox:
                 "root": str(root), "mounts": [(p, "ro") for p in self._system] + mounts,
                 "cwd": cwd, "memory_bytes": self._memory, "max_file_bytes": self._max_file,
                 "max_processes": self._max_processes if mode == "namespace-root" else 0}
+
+
+def report_isolation(isolation: Isolation, host: str) -> None:
+    """Say at start what containment is in force (SPEC 9); `host`: "the server" or "serve-one"."""
+    if isolation.per_function_user:
+        log.info("containment: each function under its own uid, in its own PID and mount namespaces")
+        return
+    log.warning("containment (%s): functions run under %s's own uid %d, with no bound on their processes; %s. For "
+                "a uid per function, run %s as root where namespaces are allowed.", isolation.mode, host, os.geteuid(),
+                "namespaces hide data/, other functions and the server from them"
+                if isolation.process_tree == "pid-namespace" else
+                f"no namespaces are allowed here, so they can read the files {host} can and signal it (its "
+                "environment and memory are closed to them)", host)
+
+
+def adopt_orphans() -> None:
+    """Become a child subreaper: a process orphaned below this one (a launcher's, when the launcher died) becomes
+    this process's child, as it does anyway for PID 1 of a container, rather than the host's init's."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def end_orphans() -> None:
+    """Kill and reap this process's children that it did not start. Only for a process that starts children in its
+    own session alone (serve-one: its launchers; the server's pip runs would leave theirs behind). Every process of
+    a worker's tree is in a session of its own (the worker's, a namespace init's, or a later one), so a child in
+    another session was orphaned when its launcher died, e.g. killed by its own function, which may signal it in
+    subreaper mode. SPEC 9: it ends with its worker, and is reaped."""
+    session = os.getsid(0)
+    for pid in _children():
+        try:
+            if os.getsid(pid) != session:
+                os.kill(pid, signal.SIGKILL)  # our child: its pid is not reused before we reap it
+                os.waitpid(pid, os.WNOHANG)   # reaped now if it was a zombie, else at the next sweep
+        except (ProcessLookupError, ChildProcessError):
+            pass  # reaped meanwhile
+
+
+def _children() -> list[int]:
+    """This process's children: each thread's (a child belongs to the thread that forked it, or adopted it)."""
+    found = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                found += [int(pid) for pid in f.read().split()]
+        except OSError:
+            pass  # the thread ended meanwhile
+    return found
+
+
+def _prctl(option: int, value: int) -> None:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        raise SandboxUnavailable(f"prctl({option}, {value}): {os.strerror(ctypes.get_errno())}")
 
 
 def _server_stderr() -> int | None:

@@ -3,21 +3,25 @@
 Strategy: nothing here runs a call or speaks HTTP itself. The folder's `tinyfaas.json` (written by export.py) becomes
 a `FunctionRecord` with one `Version` in a `LiveTable`; its workers are started by the server's own machinery
 (`workers.start_worker` in a `Sandbox`, lent by a `Pool`), calls go through the server's `Caller`, and requests
-through the server's handler (httpd.py) with a route table of its own: `/` and `/function/<name>[/<sub/path>]` call
-the function, `/healthz` (and OpenFaaS's default probe paths `/_/health`, `/_/ready`) need no credentials, and every
-other path is 404. So a function answers here as it did on the server, and its workers are contained the same way.
+through the server's handler (httpd.py) with a route table of its own (`routes_for`): `/` and
+`/function/<name>[/<sub/path>]` call the function, `/healthz` (and OpenFaaS's default probe paths `/_/health`,
+`/_/ready`) need no credentials, and every other path is 404, but for an http function, which answers every path.
+So a function answers here as it did on the server, and its workers are contained the same way.
 
 What differs, because a container platform runs it:
 - settings come from `tinyfaas.json`, checked by the server's rules (settings.py); an env value there is overridden
   by the process environment's, and each secret is read by name from the process environment (how Knative passes a
   Secret) or from OpenFaaS's secret files. The worker still sees only its env and secrets, never this process's env;
-- the workers run `--python`, by default this interpreter: in the image that is the Python the Dockerfile installed
+- the workers run `--python`, by default this interpreter: in the image, the venv the Dockerfile installed exactly
   the requirements into, so nothing is built at start (no network, no pip, a start in well under a second);
 - Basic Auth only when TINYFAAS_PASSWORD is set (the platform may authenticate in front), and no throttle of failed
   logins (behind a proxy every client has the proxy's address);
 - each call's record is one JSON line on stdout, where platforms collect logs, instead of a log on disk;
 - the first worker starts before the port opens: a function that does not import fails the container at once;
-- idle workers are not stopped: the platform scales the container, to zero if it wants.
+- idle workers are not stopped: the platform scales the container, to zero if it wants;
+- its only children are its workers' launchers, so it can adopt every orphan (a child subreaper, and a container's
+  PID 1 anyway) and end whatever a dead launcher left behind (sandbox.end_orphans): in subreaper mode a function may
+  kill its own launcher.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any, BinaryIO, cast
 from . import export, http11, routes, settings
 from .auth import Authenticator, NoAuth
 from .calls import Answer, Caller
-from .config import ServeOneConfig, parse_serve_one
+from .config import Config, ServeOneConfig, parse_serve_one
 from .deploy import check_name
 from .errors import FaasError, WorkerCrashed
 from .httpd import HttpServer, configure_socket
@@ -50,16 +54,17 @@ from .live import Live, LiveTable
 from .logs import FunctionLog
 from .metrics import Metrics
 from .routes import Reply, RouteSpec
-from .sandbox import Sandbox, SandboxUnavailable, WorkerSpec
+from .sandbox import Sandbox, SandboxUnavailable, WorkerSpec, adopt_orphans, end_orphans, report_isolation
 from .state import FunctionRecord, Version
 from .users import Access, User
 from .workers import Pool, StartFailed, Worker, start_worker
 
-__all__ = ["main", "load", "Function", "FolderError", "OneFunction", "OneServer"]
+__all__ = ["main", "load", "routes_for", "Function", "FolderError", "OneFunction", "OneServer"]
 
 log = logging.getLogger("tinyfaas_std")
 
 ANSWER_GRACE = 2.0   # seconds for answers to calls that ended at shutdown to go out (as the server)
+ORPHAN_SWEEP = 0.5   # seconds between looks for orphans: a read of /proc per thread, cheap while few threads run
 
 
 class FolderError(Exception):
@@ -161,6 +166,19 @@ def _secret_file(path: Path) -> str | None:
         raise FolderError(f"{path} is not UTF-8 text") from None
 
 
+def _check_import_path(folder: Path) -> None:
+    """Refuse a folder on this interpreter's import path (as the current folder is when `python -m` runs from it):
+    a function's `gzip.py` or `tempfile.py` would be imported by serve-one itself, beside its credentials. Some
+    module may have run already; this refusal keeps a process that may have run one from serving at all."""
+    folder = folder.resolve()
+    for entry in sys.path:
+        if Path(entry or os.curdir).resolve() == folder:
+            raise FolderError(f"{folder} is on this interpreter's import path ({entry or 'the current folder'}), so "
+                              "the function's files would be imported by serve-one itself: run it from the folder's "
+                              f"runtime, `cd {folder / export.RUNTIME} && python -m tinyfaas_std serve-one ..`, or "
+                              f"from any other folder with PYTHONPATH={folder / export.RUNTIME}")
+
+
 def _interpreter(python: str) -> tuple[Path, Path]:
     """`--python` as an absolute path (links kept: a venv's python is a link) and its `sys.prefix`, the folder the
     worker's PATH and view of the files start from (a venv, or the image's /usr/local)."""
@@ -202,7 +220,7 @@ class OneFunction:
 
     def __init__(self, function: Function, python: Path, prefix: Path, options: ServeOneConfig, state: Path) -> None:
         config = options.server
-        self.name = function.name
+        self.name, self.calling = function.name, function.calling
         self.metrics = Metrics()
         self.sandbox = Sandbox(root_dir=state / "sandbox", hidden=[state], memory_mb=function.memory_mb,
                                max_processes=config.max_processes, max_file_mb=config.max_file_mb,
@@ -247,27 +265,49 @@ class OneFunction:
 
 
 def _root(server: OneServer, req: http11.RequestHead, _: str, body: bytes, __: User) -> Reply:
-    """`/`: the function itself, as `/function/<name>` is on the server (its own path "/" for an http function)."""
+    """`/`: the function itself, as `/function/<name>` is on the server."""
     return routes.call(server, req, server.manager.name, "", body)
 
 
-_ROOT = re.compile(r"/")
+def _any_path(server: OneServer, req: http11.RequestHead, path: str, body: bytes, __: User) -> Reply:
+    """Any other path: an http function's own path, as `/function/<name><path>` is on the server."""
+    return routes.call(server, req, server.manager.name, path, body)
+
+
 _METHODS = ("POST", *routes.OTHER_METHODS)  # the others answer 405 but for http functions, as on the server
-ROUTES: list[RouteSpec] = [
-    RouteSpec("POST", routes.FUNCTION, routes.invoke, "max_body_bytes", Access.CALL, True),  # the server's own route
-    *(RouteSpec(method, routes.FUNCTION, routes.invoke, "max_body_bytes", Access.CALL, True)
-      for method in routes.OTHER_METHODS),
-    *(RouteSpec(method, _ROOT, _root, "max_body_bytes", Access.CALL) for method in _METHODS),
-]
+_ROOT, _ANY_PATH = re.compile(r"/"), re.compile(r"(/.*)")
+
+
+def routes_for(name: str, calling: str) -> list[RouteSpec]:
+    """serve-one's table: `/function/<name>[/<sub/path>]` as on the server, then the function's own root. An http
+    function answers every path at the root too: on Knative its URL is the host's root, and OpenFaaS's gateway
+    strips `/function/<name>` before it forwards a call. So only its own name is matched under `/function/`
+    (`/function/other` is one of its paths); an args or event function answers `/` only, and another name under
+    `/function/` is `404 function_not_found` as on the server."""
+    if calling != "http":
+        return [*(RouteSpec(method, routes.FUNCTION, routes.invoke, "max_body_bytes", Access.CALL, True)
+                  for method in _METHODS),
+                *(RouteSpec(method, _ROOT, _root, "max_body_bytes", Access.CALL) for method in _METHODS)]
+    own = re.compile(rf"/function/({re.escape(name)})(?:/.*)?")
+    return [*(RouteSpec(method, own, routes.invoke, "max_body_bytes", Access.CALL, True) for method in _METHODS),
+            *(RouteSpec(method, _ANY_PATH, _any_path, "max_body_bytes", Access.CALL) for method in _METHODS)]
+
+
 PUBLIC: dict[tuple[str, str], Callable[[Any], Reply]] = {
     ("GET", path): routes.healthz for path in (export.HEALTH_PATH, "/_/health", "/_/ready")}
 
 
 class OneServer(HttpServer):
-    """The server's HTTP side (handler, error boundary, limits) with serve-one's routes: no admin route exists."""
-    routes = ROUTES
+    """The server's HTTP side (handler, error boundary, limits) with serve-one's routes: no admin route exists, so
+    every path is a call, which any site's page may make (on the server, only `/function/` paths are)."""
     public = PUBLIC
+    open_to_other_sites = ("/",)
     manager: OneFunction
+
+    def __init__(self, address: tuple[str, int], config: Config, manager: OneFunction,
+                 auth: Authenticator | NoAuth) -> None:
+        self.routes = routes_for(manager.name, manager.calling)
+        super().__init__(address, config, manager, auth)
 
 
 def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
@@ -278,6 +318,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     os.umask(0o022)  # a worker under its own uid (as root) must read what is written for it
     try:
+        _check_import_path(options.folder)
         function = load(options.folder, environ, options.secrets_dir)
         python, prefix = _interpreter(options.python)
     except FolderError as exc:
@@ -293,6 +334,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
 def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConfig, state: Path) -> int:
     config = options.server
     try:
+        adopt_orphans()  # before the first launcher starts
         core = OneFunction(function, python, prefix, options, state)
     except SandboxUnavailable as exc:
         log.error("serve-one: %s", exc)
@@ -310,7 +352,8 @@ def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConf
         log.error("serve-one: cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 2
     configure_socket(server)
-    stopping = threading.Event()
+    stopping, ended = threading.Event(), threading.Event()
+    threading.Thread(target=_sweep_orphans, args=(ended,), name="orphans", daemon=True).start()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         if not stopping.is_set():
@@ -330,11 +373,21 @@ def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConf
         log.warning("no authentication: TINYFAAS_PASSWORD is not set, so whoever reaches this port may call the "
                     "function (set TINYFAAS_USERNAME and TINYFAAS_PASSWORD to require Basic Auth)")
     log.info("containment: %s", json.dumps(core.sandbox.isolation.public()))
+    report_isolation(core.sandbox.isolation, "serve-one")
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         core.close(config.grace)
+        ended.set()
+        end_orphans()
         server.wait_idle(ANSWER_GRACE)
         server.server_close()
         log.info("stopped")
     return 0
+
+
+def _sweep_orphans(ended: threading.Event) -> None:
+    """serve-one is a subreaper (or a container's PID 1): whatever a dead launcher left behind comes here, and is
+    killed and reaped (sandbox.end_orphans) within ORPHAN_SWEEP seconds, until the workers are stopped."""
+    while not ended.wait(ORPHAN_SWEEP):
+        end_orphans()
