@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import signal
 import ssl
 import sys
 import threading
-from types import FrameType
 
 from . import client, serve_one, users
 from .config import DEFAULT_PASSWORD, parse_config
 from .faas import FunctionManager
-from .httpd import make_server
+from .httpd import make_server, stop_on_signals
 from .sandbox import SandboxUnavailable, report_isolation
 from .status import Sampler
 
@@ -45,18 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--tls-cert/--tls-key: %s", exc)
         manager.close(0)
         return 2
-    stopping = threading.Event()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        if stopping.is_set():
-            return
-        stopping.set()
-        log.info("received %s: finishing calls in flight (up to %gs), then stopping",
-                 signal.Signals(signum).name, config.grace)
-        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = stop_on_signals(server, config.grace)
 
     def janitor() -> None:
         while not stopping.wait(JANITOR_INTERVAL):

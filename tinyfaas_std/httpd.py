@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import re
+import signal
 import socket
 import ssl
 import threading
@@ -49,7 +50,8 @@ from .sockets import set_timeouts
 from .status import Sampler
 from .users import User, UserStore
 
-__all__ = ["HttpServer", "Server", "Handler", "Core", "make_server", "configure_socket", "tls_context"]
+__all__ = ["HttpServer", "Server", "Handler", "Core", "make_server", "configure_socket", "tls_context",
+           "stop_on_signals"]
 
 log = logging.getLogger("tinyfaas_std")
 
@@ -545,3 +547,21 @@ def tls_context(config: Config) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.tls_cert, config.tls_key)
     return context
+
+
+def stop_on_signals(server: HttpServer, grace: float) -> threading.Event:
+    """SIGTERM and SIGINT stop `server` (its `serve_forever` returns; the caller then lets calls in flight finish,
+    up to `grace` seconds). The event is set once a signal has come."""
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("received %s: finishing calls in flight (up to %gs), then stopping",
+                 signal.Signals(signum).name, grace)
+        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return stopping

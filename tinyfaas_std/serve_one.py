@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, BinaryIO, cast
 
 from . import export, http11, routes, settings
@@ -49,7 +47,7 @@ from .calls import Answer, Caller
 from .config import Config, ServeOneConfig, parse_serve_one
 from .deploy import check_name
 from .errors import FaasError, WorkerCrashed
-from .httpd import HttpServer, configure_socket
+from .httpd import HttpServer, configure_socket, stop_on_signals
 from .live import Live, LiveTable
 from .logs import FunctionLog
 from .metrics import Metrics
@@ -352,18 +350,9 @@ def _serve(function: Function, python: Path, prefix: Path, options: ServeOneConf
         log.error("serve-one: cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 2
     configure_socket(server)
-    stopping, ended = threading.Event(), threading.Event()
+    ended = threading.Event()
     threading.Thread(target=_sweep_orphans, args=(ended,), name="orphans", daemon=True).start()
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("received %s: finishing calls in flight (up to %gs), then stopping",
-                     signal.Signals(signum).name, config.grace)
-            threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(server, config.grace)
     host, port = server.socket.getsockname()[:2]
     print(f"tinyfaas_std serve-one serving {function.name} ({function.calling}, version {function.version}) on "
           f"http://{host}:{port}", flush=True)
