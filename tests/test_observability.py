@@ -36,14 +36,23 @@ def test_healthz_says_stopping_during_shutdown(tmp_path: Path, wheels: Path) -> 
         assert server.upload("slow", "import time\ndef main():\n    time.sleep(2)\n    return 1\n").status == 200
         conn = server.connect()
         assert server.request("GET", "/healthz", auth=None, conn=conn).status == 200
-        call = threading.Thread(target=server.call, args=("slow",))
+        results: list[int] = []
+        call = threading.Thread(target=lambda: results.append(server.call("slow").status))
         call.start()
         time.sleep(0.3)
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         resp = server.request("GET", "/healthz", auth=None, conn=conn)
         assert (resp.status, resp.json) == (503, {"status": "stopping"})
+        # a load balancer's new connections are still answered while the call drains, not refused or reset
+        assert server.request("GET", "/healthz", auth=None).json == {"status": "stopping"}
+        refused = server.call("slow")
+        assert (refused.status, refused.json["error"]["code"]) == (503, "shutting_down")
+        upload = server.upload("late", "def main():\n    return 1\n")
+        assert (upload.status, upload.json["error"]["code"]) == (503, "shutting_down")
         call.join()
+        assert results == [200]
+        assert server.proc.wait(10) == 0
     finally:
         server.stop()
 

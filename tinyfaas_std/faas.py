@@ -186,9 +186,14 @@ class FunctionManager:
         self._deployer.collect_garbage()
         self._async.prune()
 
+    def drain(self, grace: float) -> None:
+        """Refuse new calls (and schedule none) and let calls in flight finish, for up to `grace` seconds, while
+        the server still answers: /healthz then says `stopping`, a new call `503 shutting_down`."""
+        self._scheduler.stop()
+        self._table.drain(grace)
+
     def close(self, grace: float) -> None:
-        """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker. Async
-        calls that have not started stay on disk for the next start."""
+        """Drain, then stop every worker. Async calls that have not started stay on disk for the next start."""
         self._scheduler.stop()
         self._table.close(grace)
 

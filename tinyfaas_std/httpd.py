@@ -83,6 +83,8 @@ class Core(Protocol):
     @property
     def stopping(self) -> bool: ...
 
+    def drain(self, grace: float) -> None: ...
+
 
 class HttpServer(ThreadingHTTPServer):
     """The HTTP side every server shares: the handler, its route table, authentication and the connection bound.
@@ -550,8 +552,10 @@ def tls_context(config: Config) -> ssl.SSLContext:
 
 
 def stop_on_signals(server: HttpServer, grace: float) -> threading.Event:
-    """SIGTERM and SIGINT stop `server` (its `serve_forever` returns; the caller then lets calls in flight finish,
-    up to `grace` seconds). The event is set once a signal has come."""
+    """SIGTERM and SIGINT stop `server`: its core drains (calls in flight finish, for up to `grace` seconds) while
+    the server keeps accepting, so that a load balancer still sending requests gets `503` answers (`/healthz`:
+    `stopping`; a call: `shutting_down`) rather than refused or reset connections; then `serve_forever` returns.
+    The event is set once a signal has come."""
     stopping = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
@@ -560,7 +564,13 @@ def stop_on_signals(server: HttpServer, grace: float) -> threading.Event:
         stopping.set()
         log.info("received %s: finishing calls in flight (up to %gs), then stopping",
                  signal.Signals(signum).name, grace)
-        threading.Thread(target=server.shutdown, name="shutdown", daemon=True).start()
+        threading.Thread(target=drain_then_stop, name="shutdown", daemon=True).start()
+
+    def drain_then_stop() -> None:
+        try:
+            server.manager.drain(grace)
+        finally:
+            server.shutdown()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

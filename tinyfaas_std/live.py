@@ -105,12 +105,16 @@ class LiveTable:
     def leave(self) -> None:
         self._calls.pop()
 
-    def close(self, grace: float) -> None:
-        """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
+    def drain(self, grace: float) -> None:
+        """Refuse new calls and let calls in flight finish, for up to `grace` seconds."""
         self.closing = True
         deadline = time.monotonic() + grace
         while self._calls and time.monotonic() < deadline:
             time.sleep(0.02)
+
+    def close(self, grace: float) -> None:
+        """Drain, then stop every worker and close the logs."""
+        self.drain(grace)
         for pool in self.pools():
             pool.kill_all()
         for log in self.logs():

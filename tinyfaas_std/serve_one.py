@@ -257,8 +257,12 @@ class OneFunction:
     def stopping(self) -> bool:
         return self._table.closing
 
+    def drain(self, grace: float) -> None:
+        """Refuse new calls and let calls in flight finish, for up to `grace` seconds, while still answering."""
+        self._table.drain(grace)
+
     def close(self, grace: float) -> None:
-        """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop every worker."""
+        """Drain, then stop every worker."""
         self._table.close(grace)
 
 
